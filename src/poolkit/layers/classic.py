@@ -1,0 +1,267 @@
+"""Classic pooling: max, average, power-average (LP) and the strided convolution that replaces pooling.
+
+Notation (per output cell): R are the real (non-padded) input cells of its window, n = |R|.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poolkit.layers.base import Pool2d, Size2, check_positive, prepare
+from poolkit.layers.windows import PoolGeometry, restore, window_max, window_mean, window_sum
+from poolkit.registry import register_pool
+
+__all__ = [
+    "AvgPool",
+    "LPPool",
+    "MaxPool",
+    "StridedConvPool",
+    "avg_pool2d",
+    "lp_pool2d",
+    "max_pool2d",
+    "strided_conv_pool2d",
+]
+
+
+def max_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """Max pooling: ``y = max_{i in R} x_i`` (padding never wins).
+
+    Shape:
+        (N, C, H, W) -> (N, C, H_out, W_out) exactly as :class:`torch.nn.MaxPool2d`; (C, H, W) works too.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> max_pool2d(x, 2).item()
+        0.25
+    """
+    x, g, unbatched = prepare(input, "max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    return restore(window_max(x, g), x, unbatched)
+
+
+def avg_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i`` (``count_include_pad=False``).
+
+    Unlike :func:`torch.nn.functional.avg_pool2d` it accepts ``dilation``.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(avg_pool2d(x, 2).item(), 6)
+        0.15
+    """
+    x, g, unbatched = prepare(input, "avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    return restore(window_mean(x, g), x, unbatched)
+
+
+def _lp(x: Tensor, g: PoolGeometry, norm_type: float) -> Tensor:
+    return window_sum(x.pow(norm_type), g).pow(1.0 / norm_type)
+
+
+def lp_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    norm_type: float = 2.0,
+) -> Tensor:
+    """Power-average pooling as :class:`torch.nn.LPPool2d`: ``y = (sum_{i in R} x_i^p)^(1/p)``.
+
+    ``p = norm_type``: ``p = 1`` is sum pooling, ``p -> inf`` tends to max pooling. As in PyTorch, a
+    negative sum (odd ``p``, negative inputs) has no real root and gives NaN; the gradient at a zero sum
+    is infinite. Padding adds nothing to the sum.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(lp_pool2d(x, 2).item(), 6)
+        0.3427
+    """
+    check_positive(norm_type, "norm_type", "lp_pool2d")
+    x, g, unbatched = prepare(input, "lp_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    return restore(_lp(x, g, norm_type), x, unbatched)
+
+
+def _strided_conv(x: Tensor, g: PoolGeometry, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
+    left, right, top, bottom = g.pads(x.shape[-2], x.shape[-1])
+    if (left, top) == (right, bottom):
+        return F.conv2d(x, weight, bias, g.stride, (top, left), g.dilation, groups)
+    x = F.pad(x, (left, right, top, bottom))  # ceil_mode: the last windows reach past the padding
+    return F.conv2d(x, weight, bias, g.stride, 0, g.dilation, groups)
+
+
+def strided_conv_pool2d(
+    input: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """A k x k convolution with the pool's stride/padding/dilation: ``y_c = sum_{c', i} w_{c c' i} x_{c' i} + b_c``.
+
+    ``weight`` is (C, 1, kh, kw) for the depthwise form or (C, C, kh, kw) for the full form; zero
+    padding (as any convolution). The output shape equals ``nn.MaxPool2d``'s, ``ceil_mode`` included.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(strided_conv_pool2d(x, torch.full((1, 1, 2, 2), 0.25), None, 2).item(), 6)
+        0.15
+    """
+    x, g, unbatched = prepare(input, "strided_conv_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    channels = x.shape[1]
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != g.kernel_size or weight.shape[0] != channels:
+        raise ValueError(
+            f"strided_conv_pool2d: weight must be (C, 1 or C, kh, kw) = ({channels}, 1 or {channels}, "
+            f"{g.kernel_size[0]}, {g.kernel_size[1]}) for an input of {channels} channels, got {tuple(weight.shape)}"
+        )
+    if weight.shape[1] not in (1, channels):
+        raise ValueError(f"strided_conv_pool2d: weight.shape[1] must be 1 or {channels}, got {weight.shape[1]}")
+    groups = channels if weight.shape[1] == 1 else 1
+    return restore(_strided_conv(x, g, weight, bias, groups), x, unbatched)
+
+
+@register_pool("max", functional=max_pool2d, family="classic", title="Max")
+class MaxPool(Pool2d):
+    """Max pooling (the baseline): ``y = max_{i in R} x_i``. No learnable parameters.
+
+    Example:
+        >>> pool = MaxPool(2)
+        >>> pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item()
+        0.25
+    """
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return window_max(x, geometry)
+
+
+@register_pool("avg", functional=avg_pool2d, family="classic", title="Average")
+class AvgPool(Pool2d):
+    """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i``. No learnable parameters.
+
+    Example:
+        >>> round(AvgPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.15
+    """
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return window_mean(x, geometry)
+
+
+@register_pool("lp", functional=lp_pool2d, family="classic", title="LP (p=2)")
+class LPPool(Pool2d):
+    """Power-average pooling ``y = (sum_{i in R} x_i^p)^(1/p)`` with ``p = norm_type`` (default 2).
+
+    Same output as :class:`torch.nn.LPPool2d`, plus ``padding``, ``dilation`` and ``ceil_mode``.
+
+    Example:
+        >>> round(LPPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 4)
+        0.3427
+    """
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        norm_type: float = 2.0,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        self.norm_type = float(check_positive(norm_type, "norm_type", type(self).__name__))
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _lp(x, geometry, self.norm_type)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"norm_type": self.norm_type}
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"norm_type": self.norm_type}
+
+
+@register_pool(
+    "strided_conv", functional=strided_conv_pool2d, family="classic", title="Strided conv", supports_global=False
+)
+class StridedConvPool(Pool2d):
+    """The learnable alternative to pooling: a k x k convolution with the pool's stride and padding.
+
+    ``depthwise=True`` (default) learns one k x k filter per channel (``C*k*k + C`` parameters);
+    ``depthwise=False`` a full convolution (``C*C*k*k + C``). Initialised as average pooling
+    (weights ``1/(kh*kw)``, bias 0) so that swapping it into a trained network starts from a
+    sensible downsampling; zero padding counts in the sum, as in any convolution.
+
+    Example:
+        >>> pool = StridedConvPool(2, channels=1)
+        >>> round(pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.15
+    """
+
+    needs_channels = True
+
+    def __init__(
+        self,
+        kernel_size: Size2,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        depthwise: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if kernel_size is None:
+            raise ValueError("StridedConvPool has no global form: its weights depend on the kernel size")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        assert self.geometry is not None and channels is not None
+        self.depthwise = bool(depthwise)
+        kh, kw = self.geometry.kernel_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(channels, 1 if self.depthwise else channels, kh, kw, **factory))
+        self.bias = nn.Parameter(torch.empty(channels, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Average-pooling initialisation: each output channel averages its own input channel."""
+        with torch.no_grad():
+            self.weight.zero_()
+            kh, kw = self.weight.shape[-2:]
+            if self.depthwise:
+                self.weight.fill_(1.0 / (kh * kw))
+            else:
+                idx = torch.arange(self.weight.shape[0])
+                self.weight[idx, idx] = 1.0 / (kh * kw)
+            self.bias.zero_()
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        groups = x.shape[1] if self.depthwise else 1
+        return _strided_conv(x, geometry, self.weight, self.bias, groups)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"weight": self.weight, "bias": self.bias}
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"depthwise": self.depthwise}

@@ -1,0 +1,215 @@
+"""The registry of pooling methods: a factory by name, class or ``functools.partial``.
+
+Every method registers itself with :func:`register_pool` next to its definition; the rest of poolkit
+(models, surgery, the experiment harness) builds pools only through :func:`create_pool`, so a newly
+registered method is available everywhere at once.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+
+from torch import nn
+
+if TYPE_CHECKING:
+    from poolkit.layers.base import Pool2d
+
+__all__ = [
+    "PoolFactory",
+    "PoolSpec",
+    "create_global_pool",
+    "create_pool",
+    "get_pool_spec",
+    "list_pools",
+    "pool_options",
+    "register_pool",
+]
+
+Family = Literal["classic", "study", "literature"]
+PoolFactory = Union[str, type[nn.Module], functools.partial]
+_GEOMETRY_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "channels", "device", "dtype")
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    """What the registry knows about one method.
+
+    Attributes:
+        name: the registry key (``"tmaxavg"``).
+        cls: the ``nn.Module`` class, a subclass of :class:`poolkit.layers.base.Pool2d`.
+        functional: the functional twin in :mod:`poolkit.functional`.
+        family: ``"classic"``, ``"study"`` (the adaptive-pooling study's eight) or ``"literature"``.
+        title: a human-readable name for tables and figures.
+        needs_channels: whether ``channels=`` is required (per-channel or convolutional parts).
+        stochastic: whether training mode draws random numbers.
+        supports_global: whether :func:`create_global_pool` accepts it.
+    """
+
+    name: str
+    cls: type[Pool2d]
+    functional: Callable[..., Any]
+    family: Family
+    title: str
+    needs_channels: bool
+    stochastic: bool
+    supports_global: bool
+
+
+_REGISTRY: dict[str, PoolSpec] = {}
+_T = TypeVar("_T", bound=type)
+
+
+def register_pool(
+    name: str,
+    *,
+    functional: Callable[..., Any],
+    family: Family,
+    title: str,
+    stochastic: bool = False,
+    supports_global: bool = True,
+) -> Callable[[_T], _T]:
+    """Class decorator that registers a :class:`~poolkit.layers.base.Pool2d` subclass under ``name``."""
+
+    def decorator(cls: _T) -> _T:
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            raise ValueError(f"pool name {name!r} is already registered to {_REGISTRY[name].cls.__name__}")
+        _REGISTRY[name] = PoolSpec(
+            name=name,
+            cls=cls,  # type: ignore[arg-type]
+            functional=functional,
+            family=family,
+            title=title,
+            needs_channels=bool(getattr(cls, "needs_channels", False)),
+            stochastic=stochastic,
+            supports_global=supports_global,
+        )
+        cls.registry_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return decorator
+
+
+def list_pools(family: Family | None = None) -> list[str]:
+    """Every registered method name, sorted (optionally only one ``family``).
+
+    Example:
+        >>> import poolkit
+        >>> "stochastic_mix" in poolkit.list_pools()
+        True
+    """
+    return sorted(n for n, spec in _REGISTRY.items() if family is None or spec.family == family)
+
+
+def get_pool_spec(name: str) -> PoolSpec:
+    """The :class:`PoolSpec` of a registered name; ``ValueError`` listing valid names otherwise."""
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown pool {name!r}; valid names are: {', '.join(list_pools())}")
+    return _REGISTRY[name]
+
+
+def pool_options(name: str) -> dict[str, Any]:
+    """The method's own options and their defaults (beyond the ``nn.MaxPool2d`` arguments)."""
+    return _own_options(get_pool_spec(name).cls)
+
+
+def _own_options(cls: type) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters
+    return {
+        n: p.default
+        for n, p in params.items()
+        if n != "self" and n not in _GEOMETRY_ARGS and p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+def _check_options(cls: type, label: str, options: dict[str, Any]) -> None:
+    valid = _own_options(cls)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        listed = ", ".join(valid) if valid else "none"
+        raise ValueError(f"unknown option(s) {unknown} for pool {label}; its options are: {listed}")
+
+
+def create_pool(
+    method: PoolFactory,
+    kernel_size: int | tuple[int, int],
+    stride: int | tuple[int, int] | None = None,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    ceil_mode: bool = False,
+    *,
+    channels: int | None = None,
+    **options: Any,
+) -> nn.Module:
+    """Build a pooling layer from a registered name, a class or a ``functools.partial``.
+
+    Args:
+        method: a name from :func:`list_pools`, a pool class, or a ``functools.partial`` of one.
+        kernel_size, stride, padding, dilation, ceil_mode: as :class:`torch.nn.MaxPool2d`.
+        channels: the number of input channels; required by methods with per-channel or
+            convolutional parts (see ``PoolSpec.needs_channels``), checked against the input by all.
+        **options: the method's own options (``k``, ``threshold``, ``tau``, ...).
+
+    Raises:
+        ValueError: an unknown name (the message lists the valid ones), an unknown option, or a
+            missing ``channels``.
+
+    Example:
+        >>> import torch, poolkit
+        >>> pool = poolkit.create_pool("tmaxavg", kernel_size=2, k=2, threshold=0.5)
+        >>> pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).flatten().tolist()
+        [0.22499999403953552]
+    """
+    geometry = {"stride": stride, "padding": padding, "dilation": dilation, "ceil_mode": ceil_mode}
+    if isinstance(method, str):
+        cls = get_pool_spec(method).cls
+        _check_options(cls, repr(method), options)
+        return cls(kernel_size, **geometry, channels=channels, **options)
+    if isinstance(method, functools.partial):
+        target = method.func
+        if inspect.isclass(target) and hasattr(target, "registry_name"):
+            _check_options(target, target.__name__, options)
+        return method(kernel_size, **geometry, channels=channels, **options)
+    if inspect.isclass(method) and issubclass(method, nn.Module):
+        if hasattr(method, "registry_name"):
+            _check_options(method, method.__name__, options)
+            return method(kernel_size, **geometry, channels=channels, **options)
+        # A foreign class such as nn.MaxPool2d or nn.AvgPool2d: pass what its signature accepts.
+        accepted = inspect.signature(method.__init__).parameters
+        kwargs = {k: v for k, v in {**geometry, "channels": channels}.items() if k in accepted}
+        return method(kernel_size, **kwargs, **options)
+    raise ValueError(
+        f"create_pool expects a registered name, an nn.Module class or a functools.partial, got "
+        f"{type(method).__name__}; valid names are: {', '.join(list_pools())}"
+    )
+
+
+def create_global_pool(
+    method: str = "avg", channels: int | None = None, *, flatten: bool = False, **options: Any
+) -> nn.Module:
+    """Global pooling: one window covering the whole feature map.
+
+    Output is (N, C, 1, 1), or (N, C) with ``flatten=True``. Every registered method whose learnable
+    parts do not depend on the window size is accepted (all but ``strided_conv`` and ``blurmax``).
+
+    Example:
+        >>> import torch, poolkit
+        >>> gp = poolkit.create_global_pool("gem", flatten=True)
+        >>> gp(torch.ones(2, 3, 5, 5)).shape
+        torch.Size([2, 3])
+    """
+    from poolkit.layers.global_pool import GlobalPool2d
+
+    spec = get_pool_spec(method)
+    if not spec.supports_global:
+        valid = [n for n in list_pools() if _REGISTRY[n].supports_global]
+        raise ValueError(
+            f"pool {method!r} has no global form (its weights depend on the window size); "
+            f"global pools are: {', '.join(valid)}"
+        )
+    _check_options(spec.cls, repr(method), options)
+    inner = spec.cls(1, channels=channels, **options)
+    return GlobalPool2d(inner, flatten=flatten)
