@@ -1,15 +1,38 @@
 """poolkit: pooling layers for CNNs as drop-in replacements for ``nn.MaxPool2d``, and a harness that
-measures which one to use."""
+measures which one to use.
 
-from poolkit import layers  # noqa: F401  (registers every method)
-from poolkit.registry import create_global_pool, create_pool, get_pool_spec, list_pools
+Example:
+    >>> import torch, poolkit
+    >>> pool = poolkit.create_pool("stochastic_mix", kernel_size=2, channels=64)
+    >>> pool(torch.randn(8, 64, 32, 32)).shape
+    torch.Size([8, 64, 16, 16])
+"""
+
+from poolkit import functional, layers
+from poolkit.registry import (
+    PoolSpec,
+    create_global_pool,
+    create_pool,
+    get_pool_spec,
+    list_pools,
+    pool_options,
+    register_pool,
+)
+from poolkit.surgery import find_pools, swap_pooling
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PoolSpec",
     "__version__",
     "create_global_pool",
     "create_pool",
+    "find_pools",
+    "functional",
     "get_pool_spec",
+    "layers",
     "list_pools",
+    "pool_options",
+    "register_pool",
+    "swap_pooling",
 ]

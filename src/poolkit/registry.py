@@ -211,5 +211,5 @@ def create_global_pool(
             f"global pools are: {', '.join(valid)}"
         )
     _check_options(spec.cls, repr(method), options)
-    inner = spec.cls(1, channels=channels, **options)
+    inner = spec.cls(None, channels=channels, **options)
     return GlobalPool2d(inner, flatten=flatten)

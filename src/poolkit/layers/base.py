@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from poolkit.layers.windows import PoolGeometry, as_batched, restore
 
-__all__ = ["Pool2d", "check_k", "check_positive", "prepare"]
+__all__ = ["Pool2d", "channel_param", "check_k", "check_positive", "prepare"]
 
 Size2 = int | tuple[int, int]
 
@@ -42,6 +42,21 @@ def check_positive(value: float, name: str, method: str) -> float:
     if not ok:
         raise ValueError(f"{method}: {name} must be a positive number, got {value!r}")
     return value
+
+
+def channel_param(value: Tensor | float, x: Tensor, name: str, method: str) -> Tensor | float:
+    """Check a scalar-or-per-channel value against ``x``; return it broadcastable to (N, C, H, W).
+
+    A float or 0-d tensor is returned as it is; a (C,) tensor becomes (1, C, 1, 1).
+    """
+    if not isinstance(value, Tensor) or value.dim() == 0:
+        return value
+    if value.dim() == 1 and value.shape[0] == x.shape[1]:
+        return value.view(1, -1, 1, 1)
+    raise ValueError(
+        f"{method}: {name} must be a scalar or have one value per channel ({x.shape[1]}), got shape "
+        f"{tuple(value.shape)}; build the module with channels={x.shape[1]}"
+    )
 
 
 def check_k(k: int, geometry: PoolGeometry | None, method: str) -> int:

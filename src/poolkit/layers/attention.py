@@ -1,0 +1,296 @@
+"""Weighted-average pooling: each cell of a window gets a positive weight; ``y = sum w x / sum w``.
+
+* ``attention`` (the study's Attention-Weighted pooling): weights from a small 1x1-conv network.
+* ``softpool`` (Stergiou et al. 2021): weights ``exp(x)``, i.e. a softmax over the window.
+* ``lip`` (Gao et al. 2019, local importance pooling): weights ``exp(logit)`` from a conv block.
+
+Every output is a convex combination of its window's real cells (up to ``eps`` for attention), so
+``min_R x <= y <= max_R x``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poolkit.layers.base import Pool2d, Size2, check_positive, prepare
+from poolkit.layers.windows import (
+    PoolGeometry,
+    min_window_count,
+    restore,
+    unfold_windows,
+    window_mask,
+    window_weighted_mean,
+)
+from poolkit.registry import register_pool
+
+__all__ = [
+    "AttentionPool",
+    "LIPPool",
+    "SoftPool",
+    "attention_pool2d",
+    "lip_pool2d",
+    "soft_pool2d",
+]
+
+
+def _attention_map(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor) -> Tensor:
+    """a = sigmoid(Conv1x1(ReLU(Conv1x1(x)))), one map (N, 1, H, W) shared by all channels."""
+    hidden = F.relu(F.conv2d(x, weight1.to(x.dtype), bias1.to(x.dtype)))
+    return torch.sigmoid(F.conv2d(hidden, weight2.to(x.dtype), bias2.to(x.dtype)))
+
+
+def _attention(
+    x: Tensor, g: PoolGeometry, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, eps: float
+) -> Tensor:
+    return window_weighted_mean(x, _attention_map(x, weight1, bias1, weight2, bias2), g, eps)
+
+
+def attention_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    weight1: Tensor,
+    bias1: Tensor,
+    weight2: Tensor,
+    bias2: Tensor,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Attention-Weighted pooling: ``a = sigmoid(W2 ReLU(W1 x + b1) + b2)``, ``y = sum_R(x a) / (sum_R(a) + eps)``.
+
+    ``weight1`` (h, C, 1, 1), ``bias1`` (h,), ``weight2`` (1, h, 1, 1), ``bias2`` (1,): two 1x1
+    convolutions computing one attention map shared by all channels.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> w1 = torch.zeros(8, 1, 1, 1); w1[0] = 1.0     # hidden unit 0 = relu(x)
+        >>> w2 = torch.zeros(1, 8, 1, 1); w2[0, 0] = 1.0  # a = sigmoid(relu(x))
+        >>> y = attention_pool2d(x, 2, weight1=w1, bias1=torch.zeros(8), weight2=w2, bias2=torch.zeros(1))
+        >>> round(y.item(), 6)
+        0.151556
+    """
+    x, g, unbatched = prepare(input, "attention_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    if eps < 0:
+        raise ValueError(f"attention_pool2d: eps must be >= 0, got {eps}")
+    if weight1.dim() != 4 or weight1.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"attention_pool2d: weight1 must be (hidden, {x.shape[1]}, 1, 1) for an input of "
+            f"{x.shape[1]} channels, got {tuple(weight1.shape)}"
+        )
+    return restore(_attention(x, g, weight1, bias1, weight2, bias2, eps), x, unbatched)
+
+
+def _soft(x: Tensor, g: PoolGeometry) -> Tensor:
+    windows = unfold_windows(x, g, 0.0)
+    logits = windows
+    if min_window_count(g, x.shape[-2], x.shape[-1]) < g.area:
+        # Padded cells must get zero weight: -inf logits there (their value 0 then adds nothing).
+        mask = window_mask(g, x.shape[-2], x.shape[-1], x.device)
+        logits = windows.masked_fill(~mask, float("-inf"))
+    # softmax subtracts each window's maximum, so no exp() can overflow; half types softmax in float32.
+    weights = torch.softmax(logits, dim=-1, dtype=torch.float32 if x.element_size() < 4 else None).to(x.dtype)
+    return (weights * windows).sum(-1)
+
+
+def soft_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
+    """SoftPool: ``y = sum_R softmax_R(x)_i x_i = sum_R e^{x_i} x_i / sum_R e^{x_i}``.
+
+    Computed with each window's maximum subtracted (a softmax), so large activations cannot overflow.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(soft_pool2d(x, 2).item(), 6)
+        0.15625
+    """
+    x, g, unbatched = prepare(input, "soft_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    return restore(_soft(x, g), x, unbatched)
+
+
+_LIP_GATE = 12.0  # Gao et al.'s soft gate: logits = 12 * sigmoid(.) keeps exp(logit) in [1, e^12]
+
+
+def _lip_logits(x: Tensor, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float) -> Tensor:
+    h = F.conv2d(x, conv_weight.to(x.dtype), padding=conv_weight.shape[-1] // 2)
+    h = F.group_norm(h, h.shape[1], norm_weight.to(h.dtype), norm_bias.to(h.dtype), norm_eps)
+    return _LIP_GATE * torch.sigmoid(h)
+
+
+def _lip(
+    x: Tensor, g: PoolGeometry, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float
+) -> Tensor:
+    logits = _lip_logits(x, conv_weight, norm_weight, norm_bias, norm_eps)
+    # Logits lie in [0, 12]: exp() is bounded and the weighted mean needs no max-subtraction.
+    return window_weighted_mean(x, torch.exp(logits), g)
+
+
+def lip_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    conv_weight: Tensor,
+    norm_weight: Tensor,
+    norm_bias: Tensor,
+    norm_eps: float = 1e-5,
+) -> Tensor:
+    """Local importance pooling: ``l = 12 sigmoid(IN(conv3x3(x)))``, ``y = sum_R e^l x / sum_R e^l``.
+
+    ``conv_weight`` (C, C, 3, 3) (no bias), ``norm_weight``/``norm_bias`` (C,): an affine instance
+    norm (``group_norm`` with C groups); logits are per channel and per input cell.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> y = lip_pool2d(x, 2, conv_weight=torch.zeros(1, 1, 3, 3), norm_weight=torch.ones(1),
+        ...                norm_bias=torch.zeros(1))   # constant logits: the plain average
+        >>> round(y.item(), 6)
+        0.15
+    """
+    x, g, unbatched = prepare(input, "lip_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    channels = x.shape[1]
+    if conv_weight.dim() != 4 or conv_weight.shape[:2] != (channels, channels):
+        raise ValueError(
+            f"lip_pool2d: conv_weight must be ({channels}, {channels}, k, k) for an input of {channels} "
+            f"channels, got {tuple(conv_weight.shape)}"
+        )
+    return restore(_lip(x, g, conv_weight, norm_weight, norm_bias, norm_eps), x, unbatched)
+
+
+@register_pool("attention", functional=attention_pool2d, family="study", title="Attention-Weighted")
+class AttentionPool(Pool2d):
+    """Attention-Weighted pooling (the study's eqs. 5-6).
+
+    ``a = sigmoid(Conv1x1(ReLU(Conv1x1(x))))`` with hidden width ``max(C // reduction, 8)`` and one
+    output map shared by all channels; ``y = sum_R(x a) / (sum_R(a) + eps)``. Both convolutions have a
+    bias and PyTorch's default initialisation. Needs ``channels``.
+
+    Parameters per layer: ``h (C + 2) + 1`` with ``h = max(C // reduction, 8)``.
+
+    Example:
+        >>> pool = AttentionPool(2, channels=16)
+        >>> pool(torch.rand(2, 16, 8, 8)).shape
+        torch.Size([2, 16, 4, 4])
+    """
+
+    needs_channels = True
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        reduction: int = 4,
+        eps: float = 1e-6,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        assert channels is not None
+        if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
+            raise ValueError(f"AttentionPool: reduction must be a positive int, got {reduction!r}")
+        if not isinstance(eps, (int, float)) or eps < 0:
+            raise ValueError(f"AttentionPool: eps must be a number >= 0, got {eps!r}")
+        self.reduction = reduction
+        self.eps = float(eps)
+        hidden = max(channels // reduction, 8)
+        self.hidden = nn.Conv2d(channels, hidden, 1, device=device, dtype=dtype)
+        self.score = nn.Conv2d(hidden, 1, 1, device=device, dtype=dtype)
+
+    def attention_map(self, x: Tensor) -> Tensor:
+        """The attention map ``a`` (N, 1, H, W) of an input (N, C, H, W)."""
+        return _attention_map(x, self.hidden.weight, self.hidden.bias, self.score.weight, self.score.bias)
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return window_weighted_mean(x, self.attention_map(x), geometry, self.eps)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {
+            "weight1": self.hidden.weight,
+            "bias1": self.hidden.bias,
+            "weight2": self.score.weight,
+            "bias2": self.score.bias,
+            "eps": self.eps,
+        }
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"reduction": self.reduction, "eps": self.eps}
+
+
+@register_pool("softpool", functional=soft_pool2d, family="literature", title="SoftPool")
+class SoftPool(Pool2d):
+    """SoftPool (Stergiou, Poppe & Kalliatakis, ICCV 2021): ``y = sum_R e^{x_i} x_i / sum_R e^{x_i}``.
+
+    A softmax-weighted average of the window; numerically stable (window max subtracted).
+    No learnable parameters.
+
+    Example:
+        >>> round(SoftPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.15625
+    """
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _soft(x, geometry)
+
+
+@register_pool("lip", functional=lip_pool2d, family="literature", title="LIP")
+class LIPPool(Pool2d):
+    """Local importance pooling (Gao, Wang & Wu, ICCV 2019), its "simplified" logit module.
+
+    ``l = 12 sigmoid(IN(Conv3x3(x)))`` (a C -> C convolution without bias, an affine instance norm,
+    Gao et al.'s soft gate), ``y = sum_R e^l x / sum_R e^l``: a learned, per-channel importance map.
+    The instance norm is ``GroupNorm(C, C)`` (identical, and defined for 1x1 maps and unbatched input).
+    Needs ``channels``. Parameters per layer: ``9 C^2 + 2 C``.
+
+    Example:
+        >>> pool = LIPPool(2, channels=4)
+        >>> pool(torch.rand(2, 4, 8, 8)).shape
+        torch.Size([2, 4, 4, 4])
+    """
+
+    needs_channels = True
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        assert channels is not None
+        self.logit_conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False, device=device, dtype=dtype)
+        self.logit_norm = nn.GroupNorm(channels, channels, device=device, dtype=dtype)
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _lip(x, geometry, **self.functional_kwargs())  # type: ignore[arg-type]
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {
+            "conv_weight": self.logit_conv.weight,
+            "norm_weight": self.logit_norm.weight,
+            "norm_bias": self.logit_norm.bias,
+            "norm_eps": self.logit_norm.eps,
+        }

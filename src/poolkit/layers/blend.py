@@ -1,0 +1,383 @@
+"""Max-average blends: ``y = lambda * M + (1 - lambda) * A`` with a learned, gated or sampled lambda.
+
+Per output cell: M is the window maximum and A the mean of its real cells. lambda always lies in
+[0, 1] by parameterisation (a sigmoid of an unconstrained parameter), never by clamping, so every
+blend satisfies ``A <= y <= M``.
+
+* ``mixed`` (Lee, Gallagher & Tu 2016): one lambda per layer.
+* ``channel_adaptive`` (the study): one lambda per channel.
+* ``gated`` (the study): one lambda per output cell from a 1x1 convolution of the window (shared by all
+  channels).
+* ``stochastic_mix`` (the study): lambda drawn from a Beta distribution in training, its mean in eval.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poolkit.layers.base import Pool2d, Size2, channel_param, check_positive, prepare
+from poolkit.layers.windows import PoolGeometry, restore, window_max, window_mean
+from poolkit.registry import register_pool
+
+__all__ = [
+    "ChannelAdaptivePool",
+    "GatedPool",
+    "MixedPool",
+    "StochasticMixPool",
+    "channel_adaptive_pool2d",
+    "gated_pool2d",
+    "mixed_pool2d",
+    "stochastic_mix_pool2d",
+]
+
+
+def _blend(x: Tensor, g: PoolGeometry, weight: Tensor) -> Tensor:
+    """``lambda * M + (1 - lambda) * A`` with ``weight`` = lambda broadcastable to the output."""
+    return torch.lerp(window_mean(x, g), window_max(x, g), weight.to(x.dtype))
+
+
+def _theta(theta: Tensor | float, x: Tensor, method: str) -> Tensor:
+    """theta as a tensor on ``x``'s device: a scalar, or one value per channel (shape (C,))."""
+    if not isinstance(theta, Tensor):
+        theta = torch.tensor(float(theta), device=x.device)
+    channel_param(theta, x, "theta", method)
+    return theta
+
+
+def _channel_view(weight: Tensor) -> Tensor:
+    """A scalar stays a scalar; a per-channel (C,) weight becomes (1, C, 1, 1)."""
+    return weight.view(1, -1, 1, 1) if weight.dim() else weight
+
+
+def mixed_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    theta: Tensor | float = 0.0,
+) -> Tensor:
+    """Mixed max-average pooling: ``lambda = sigmoid(theta)``, ``y = lambda * M + (1 - lambda) * A``.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(mixed_pool2d(x, 2, theta=0.0).item(), 6)   # lambda = 0.5
+        0.2
+    """
+    x, g, unbatched = prepare(input, "mixed_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    theta = _theta(theta, x, "mixed_pool2d")
+    return restore(_blend(x, g, _channel_view(torch.sigmoid(theta))), x, unbatched)
+
+
+def channel_adaptive_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    theta: Tensor,
+) -> Tensor:
+    """Channel-Adaptive pooling: ``lambda_c = sigmoid(theta_c)``, ``y_c = lambda_c M_c + (1 - lambda_c) A_c``.
+
+    ``theta`` has one value per channel (shape (C,)).
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(channel_adaptive_pool2d(x, 2, theta=torch.zeros(1)).item(), 6)
+        0.2
+    """
+    x, g, unbatched = prepare(input, "channel_adaptive_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    theta = _theta(theta, x, "channel_adaptive_pool2d")
+    if theta.dim() != 1:
+        raise ValueError(f"channel_adaptive_pool2d: theta must have one value per channel ({x.shape[1]},)")
+    return restore(_blend(x, g, _channel_view(torch.sigmoid(theta))), x, unbatched)
+
+
+def _gated(x: Tensor, g: PoolGeometry, weight: Tensor, bias: Tensor) -> Tensor:
+    mean = window_mean(x, g)
+    # The mean over the window of (w.x + b) equals w.(mean of x) + b: the gate costs a 1x1 conv of A.
+    gate = torch.sigmoid(F.conv2d(mean, weight.to(x.dtype), bias.to(x.dtype)))
+    return torch.lerp(mean, window_max(x, g), gate)
+
+
+def gated_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    weight: Tensor,
+    bias: Tensor,
+) -> Tensor:
+    """Gated pooling: ``g = sigmoid(mean_R(w . x + b))``, ``y = g * M + (1 - g) * A``.
+
+    ``w . x + b`` is a 1x1 convolution from C channels to 1 (``weight`` (1, C, 1, 1), ``bias`` (1,)):
+    one gate per output cell, shared by all channels.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(gated_pool2d(x, 2, weight=torch.zeros(1, 1, 1, 1), bias=torch.zeros(1)).item(), 6)
+        0.2
+    """
+    x, g, unbatched = prepare(input, "gated_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    if weight.shape != (1, x.shape[1], 1, 1) or bias.shape != (1,):
+        raise ValueError(
+            f"gated_pool2d: weight must be (1, {x.shape[1]}, 1, 1) and bias (1,) for an input of "
+            f"{x.shape[1]} channels, got {tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
+    return restore(_gated(x, g, weight, bias), x, unbatched)
+
+
+def _sample_mix(theta: Tensor, kappa: float, batch: int, channels: int) -> Tensor:
+    """lambda ~ Beta(kappa m, kappa (1 - m)), m = sigmoid(theta): one draw per (sample, channel)."""
+    m = torch.sigmoid(theta.float())
+    beta = torch.distributions.Beta(kappa * m, kappa * (1.0 - m), validate_args=False)
+    shape = (batch, channels) if theta.dim() == 0 else (batch,)
+    return beta.rsample(shape).view(batch, channels, 1, 1)
+
+
+def stochastic_mix_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    theta: Tensor | float = 0.0,
+    kappa: float = 2.0,
+    training: bool = False,
+) -> Tensor:
+    """Stochastic Mix: ``y = lambda * M + (1 - lambda) * A`` with a random lambda in training.
+
+    ``m = sigmoid(theta)`` (scalar, or per channel (C,)). Training: ``lambda ~ Beta(kappa m, kappa (1 - m))``
+    drawn with ``rsample`` (reparameterised, so theta learns) from torch's global generator, one
+    lambda per (sample, channel). Evaluation: ``lambda = m``, the mean of that Beta.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(stochastic_mix_pool2d(x, 2, theta=0.0).item(), 6)   # eval: lambda = 0.5
+        0.2
+    """
+    x, g, unbatched = prepare(input, "stochastic_mix_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    check_positive(kappa, "kappa", "stochastic_mix_pool2d")
+    theta = _theta(theta, x, "stochastic_mix_pool2d")
+    return restore(_stochastic_mix(x, g, theta, kappa, training), x, unbatched)
+
+
+def _stochastic_mix(x: Tensor, g: PoolGeometry, theta: Tensor, kappa: float, training: bool) -> Tensor:
+    if training:
+        return _blend(x, g, _sample_mix(theta, kappa, x.shape[0], x.shape[1]))
+    return _blend(x, g, _channel_view(torch.sigmoid(theta)))
+
+
+class _ThetaBlend(Pool2d):
+    """Shared by the blends whose lambda is ``sigmoid(theta)`` of a learnable scalar or (C,) theta."""
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None,
+        padding: Size2,
+        dilation: Size2,
+        ceil_mode: bool,
+        *,
+        channels: int | None,
+        per_channel: bool,
+        init_lambda: float,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        if per_channel and channels is None:
+            raise ValueError(f"{type(self).__name__}(per_channel=True) needs channels=<number of input channels>")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        self.per_channel = bool(per_channel)
+        shape = (channels,) if per_channel else ()
+        init = math.log(init_lambda / (1.0 - init_lambda))
+        self.theta = nn.Parameter(torch.full(shape, init, device=device, dtype=dtype))
+
+    def lam(self) -> Tensor:
+        """lambda = sigmoid(theta), the weight on the maximum (per channel when ``per_channel``)."""
+        return torch.sigmoid(self.theta)
+
+    def learned_values(self) -> dict[str, list[float]]:
+        return {"lambda": self.lam().detach().float().flatten().tolist()}
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"theta": self.theta}
+
+
+@register_pool("mixed", functional=mixed_pool2d, family="literature", title="Mixed max-avg")
+class MixedPool(_ThetaBlend):
+    """Mixed max-average pooling (Lee, Gallagher & Tu, AISTATS 2016).
+
+    ``lambda = sigmoid(theta)``, ``y = lambda * M + (1 - lambda) * A``; theta starts at 0 (lambda = 0.5).
+    Parameters per layer: 1 (C with ``per_channel=True``).
+
+    Example:
+        >>> round(MixedPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.2
+    """
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        per_channel: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
+        )  # fmt: skip
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta)))
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"per_channel": self.per_channel} if self.per_channel else {}
+
+
+@register_pool("channel_adaptive", functional=channel_adaptive_pool2d, family="study", title="Channel-Adaptive")
+class ChannelAdaptivePool(Pool2d):
+    """Channel-Adaptive pooling (the study's eq. 4): ``y_c = lambda_c M_c + (1 - lambda_c) A_c``.
+
+    ``lambda_c = sigmoid(theta_c)``, theta initialised at 0 (lambda = 0.5). Needs ``channels``.
+    Parameters per layer: C.
+
+    Example:
+        >>> pool = ChannelAdaptivePool(2, channels=1)
+        >>> round(pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.2
+    """
+
+    needs_channels = True
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        assert channels is not None
+        self.theta = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta)))
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"theta": self.theta}
+
+    def learned_values(self) -> dict[str, list[float]]:
+        return {"lambda": torch.sigmoid(self.theta).detach().float().tolist()}
+
+
+@register_pool("gated", functional=gated_pool2d, family="study", title="Gated")
+class GatedPool(Pool2d):
+    """Gated pooling (the study): ``g = sigmoid(mean_R(w . x + b))``, ``y = g M + (1 - g) A``.
+
+    ``w . x + b`` is a 1x1 convolution from C channels to one gate map; its weights and bias start at
+    zero, so ``g = 0.5`` everywhere at initialisation. Needs ``channels``. Parameters per layer: C + 1.
+
+    Example:
+        >>> pool = GatedPool(2, channels=1)
+        >>> round(pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.2
+    """
+
+    needs_channels = True
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        assert channels is not None
+        self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _gated(x, geometry, self.weight, self.bias)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"weight": self.weight, "bias": self.bias}
+
+
+@register_pool(
+    "stochastic_mix", functional=stochastic_mix_pool2d, family="study", title="Stochastic Mix", stochastic=True
+)
+class StochasticMixPool(_ThetaBlend):
+    """Stochastic Mix pooling (the study's eqs. 7-8): a max/average blend with a random weight in training.
+
+    ``m = sigmoid(theta)`` with theta initialised at 0 (m = 0.5). Training: ``lambda ~ Beta(kappa m,
+    kappa (1 - m))`` (``rsample``, so theta learns through the sample), one lambda per (sample,
+    channel), drawn from torch's global generator; evaluation: ``lambda = m`` (the Beta's mean).
+    ``kappa = 2`` makes lambda uniform on [0, 1] at initialisation. ``y = lambda M + (1 - lambda) A``.
+
+    Parameters per layer: 1 (C with ``per_channel=True``).
+
+    Example:
+        >>> pool = StochasticMixPool(2).eval()
+        >>> round(pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.2
+    """
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        kappa: float = 2.0,
+        per_channel: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
+        )  # fmt: skip
+        self.kappa = float(check_positive(kappa, "kappa", type(self).__name__))
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _stochastic_mix(x, geometry, self.theta, self.kappa, self.training)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"theta": self.theta, "kappa": self.kappa, "training": self.training}
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"kappa": self.kappa, "per_channel": self.per_channel}

@@ -1,0 +1,42 @@
+"""Global pooling: one window covering the whole feature map, for any method with a global form."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from poolkit.layers.base import Pool2d
+
+__all__ = ["GlobalPool2d"]
+
+
+class GlobalPool2d(nn.Module):
+    """Pools each (H, W) map to one value with a poolkit method; build it with :func:`poolkit.create_global_pool`.
+
+    The wrapped pool was built with ``kernel_size=None``, so its window is the whole input map, whatever
+    its size. Options that are clipped to the window (T-Max-Avg's K) are clipped to ``H * W``.
+
+    Shape:
+        (N, C, H, W) -> (N, C, 1, 1), or (N, C) with ``flatten=True``; (C, H, W) -> (C, 1, 1) or (C,).
+    """
+
+    def __init__(self, pool: Pool2d, *, flatten: bool = False) -> None:
+        super().__init__()
+        if pool.geometry is not None:
+            raise ValueError("GlobalPool2d wraps a pool built with kernel_size=None (use create_global_pool)")
+        self.pool = pool
+        self.flatten = bool(flatten)
+
+    @property
+    def method(self) -> str:
+        """The registry name of the wrapped method."""
+        return self.pool.registry_name
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.pool(x)
+        return y.flatten(-3) if self.flatten else y
+
+    def learned_values(self) -> dict[str, list[float]]:
+        return self.pool.learned_values()
+
+    def extra_repr(self) -> str:
+        return f"flatten={self.flatten}"

@@ -1,0 +1,297 @@
+"""Pooling methods from the literature: stochastic pooling, GeM and anti-aliased (blur) max pooling.
+
+(The mixed max-average pool is in :mod:`poolkit.layers.blend`, SoftPool and LIP in
+:mod:`poolkit.layers.attention`, next to the methods they share their machinery with.)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from poolkit.layers.base import Pool2d, Size2, check_positive, prepare
+from poolkit.layers.windows import (
+    PoolGeometry,
+    min_window_count,
+    restore,
+    unfold_windows,
+    window_mask,
+    window_mean,
+    window_sum,
+)
+from poolkit.registry import register_pool
+
+__all__ = [
+    "BlurMaxPool",
+    "GeMPool",
+    "StochasticPool",
+    "blur_max_pool2d",
+    "gem_pool2d",
+    "stochastic_pool2d",
+]
+
+
+def _stochastic(x: Tensor, g: PoolGeometry, training: bool) -> Tensor:
+    if not training:
+        positive = F.relu(x)
+        total = window_sum(positive, g)
+        has_mass = total > 0
+        # where() with a safe denominator: a 0/0 branch would poison the gradient even when unselected.
+        weighted = window_sum(positive * x, g) / torch.where(has_mass, total, torch.ones_like(total))
+        return torch.where(has_mass, weighted, window_mean(x, g))
+    windows = unfold_windows(x, g, 0.0)
+    mass = F.relu(windows.detach()).float()
+    if min_window_count(g, x.shape[-2], x.shape[-1]) < g.area:
+        real = window_mask(g, x.shape[-2], x.shape[-1], x.device).float()
+    else:
+        real = torch.ones((), device=x.device)
+    # p_i = relu(x_i) / sum relu(x); uniform over the real cells when that sum is 0.
+    mass = torch.where(mass.sum(-1, keepdim=True) > 0, mass, real.expand_as(mass))
+    cdf = mass.cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), device=x.device, dtype=cdf.dtype) * cdf[..., -1:]
+    index = (cdf <= u).sum(-1, keepdim=True).clamp_max(windows.shape[-1] - 1)
+    return windows.gather(-1, index).squeeze(-1)
+
+
+def stochastic_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    training: bool = False,
+) -> Tensor:
+    """Stochastic pooling (Zeiler & Fergus, ICLR 2013).
+
+    ``p_i = relu(x_i) / sum_R relu(x)`` (uniform over R when that sum is 0). Training: ``y = x_j`` for
+    one cell ``j ~ p`` drawn from torch's global generator; evaluation: ``y = sum_R p_i x_i``.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(stochastic_pool2d(x, 2).item(), 6)   # (0.01 + 0.04 + 0.0025 + 0.0625) / 0.6
+        0.191667
+    """
+    x, g, unbatched = prepare(input, "stochastic_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    return restore(_stochastic(x, g, training), x, unbatched)
+
+
+def _gem(x: Tensor, g: PoolGeometry, p: Tensor | float, eps: float) -> Tensor:
+    # x^p overflows float16 quickly (p = 3 and x > 40): low-precision inputs are pooled in float32.
+    xf = x.float() if x.element_size() < 4 else x
+    if isinstance(p, Tensor):
+        p = p.to(xf.dtype)
+    return window_mean(xf.clamp(min=eps).pow(p), g).pow(1.0 / p).to(x.dtype)
+
+
+def gem_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    p: float | Tensor = 3.0,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Generalized-mean pooling: ``y = (mean_R clamp(x, eps)^p)^(1/p)``.
+
+    ``p = 1`` is average pooling and ``p -> inf`` tends to max pooling.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(gem_pool2d(x, 2, p=3.0).item(), 6)
+        0.181706
+    """
+    x, g, unbatched = prepare(input, "gem_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    check_positive(p, "p", "gem_pool2d")
+    check_positive(eps, "eps", "gem_pool2d")
+    return restore(_gem(x, g, p, eps), x, unbatched)
+
+
+def _binomial_filter(size: int) -> Tensor:
+    """The normalised 2-D binomial filter of ``size`` taps: outer product of (1 + z)^(size - 1) coefficients."""
+    row = torch.tensor([math.comb(size - 1, i) for i in range(size)], dtype=torch.float64)
+    return torch.outer(row, row) / row.sum() ** 2
+
+
+def _blur_max(x: Tensor, g: PoolGeometry, blur: Tensor) -> Tensor:
+    height, width = x.shape[-2:]
+    out = g.output_size(height, width)
+    size = blur.shape[-1]
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    pads, keep = [], []
+    for length, n_out, s, p, span in zip((height, width), out, g.stride, g.padding, g.span):
+        dense = length + 2 * p - span + 1  # positions of a stride-1 max pool
+        needed = (n_out - 1) * s + 1  # the pool's own window starts are 0, s, ..., (n_out - 1) s
+        extra = max(0, needed - dense)  # ceil_mode: the last window reaches past the padding
+        pads.append((p, p + extra))
+        keep.append(min(max(dense, needed), needed + after))
+    (top, bottom), (left, right) = pads
+    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
+    dense_max = F.max_pool2d(x, g.kernel_size, 1, 0, g.dilation)[..., : keep[0], : keep[1]]
+    mode = "reflect" if min(keep) > max(before, after) else "replicate"
+    if size > 1:
+        dense_max = F.pad(dense_max, (before, after, before, after), mode=mode)
+    channels = dense_max.shape[1]
+    weight = blur.to(dtype=dense_max.dtype, device=dense_max.device).expand(channels, 1, size, size)
+    y = F.conv2d(dense_max, weight, stride=g.stride, groups=channels)
+    return y[..., : out[0], : out[1]]
+
+
+def blur_max_pool2d(
+    input: Tensor,
+    kernel_size: Size2,
+    stride: Size2 | None = None,
+    padding: Size2 = 0,
+    dilation: Size2 = 1,
+    ceil_mode: bool = False,
+    *,
+    filter_size: int = 3,
+) -> Tensor:
+    """Anti-aliased max pooling (Zhang, ICML 2019): dense max (stride 1), then a binomial blur with the stride.
+
+    The blur is centred on the pool's own window positions, so the output has ``nn.MaxPool2d``'s
+    shape; the dense max map is reflect-padded for the blur (as Zhang's BlurPool).
+    ``filter_size = 1`` gives plain max pooling; 3 is the binomial [1, 2, 1] / 4 per axis.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> blur_max_pool2d(x, 2).item()   # one window: nothing to blur with
+        0.25
+    """
+    x, g, unbatched = prepare(input, "blur_max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    _check_filter_size(filter_size, "blur_max_pool2d")
+    return restore(_blur_max(x, g, _binomial_filter(filter_size)), x, unbatched)
+
+
+def _check_filter_size(filter_size: int, method: str) -> None:
+    if isinstance(filter_size, bool) or not isinstance(filter_size, int) or not 1 <= filter_size <= 7:
+        raise ValueError(f"{method}: filter_size must be an int from 1 to 7, got {filter_size!r}")
+
+
+@register_pool(
+    "stochastic", functional=stochastic_pool2d, family="literature", title="Stochastic", stochastic=True
+)
+class StochasticPool(Pool2d):
+    """Stochastic pooling (Zeiler & Fergus, ICLR 2013).
+
+    ``p_i = relu(x_i) / sum_R relu(x)`` (uniform over R when that sum is 0). Training samples one
+    cell of each window with probability ``p`` (torch's global generator); evaluation returns the
+    probability-weighted average ``sum_R p_i x_i``. No learnable parameters.
+
+    Example:
+        >>> pool = StochasticPool(2).eval()
+        >>> round(pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.191667
+    """
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _stochastic(x, geometry, self.training)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"training": self.training}
+
+
+@register_pool("gem", functional=gem_pool2d, family="literature", title="GeM")
+class GeMPool(Pool2d):
+    """Generalized-mean pooling (Radenović, Tolias & Chum, TPAMI 2019): ``y = (mean_R clamp(x, eps)^p)^(1/p)``.
+
+    ``p`` is learnable, initialised at ``p`` (default 3), and kept positive by parameterisation:
+    ``p = softplus(rho)``. Parameters per layer: 1.
+
+    Example:
+        >>> round(GeMPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.181706
+    """
+
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        p: float = 3.0,
+        eps: float = 1e-6,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        name = type(self).__name__
+        check_positive(p, "p", name)
+        self.eps = float(check_positive(eps, "eps", name))
+        # softplus^-1(p) = log(exp(p) - 1), written to stay finite for large p.
+        rho = p + math.log(-math.expm1(-p))
+        self.rho = nn.Parameter(torch.tensor(rho, device=device, dtype=dtype))
+
+    @property
+    def p(self) -> Tensor:
+        """The exponent ``p = softplus(rho)`` (always positive)."""
+        return F.softplus(self.rho)
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _gem(x, geometry, self.p, self.eps)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"p": self.p, "eps": self.eps}
+
+    def learned_values(self) -> dict[str, list[float]]:
+        return {"p": [float(self.p.detach())]}
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"eps": self.eps}
+
+
+@register_pool(
+    "blurmax", functional=blur_max_pool2d, family="literature", title="Blur-max", supports_global=False
+)
+class BlurMaxPool(Pool2d):
+    """Anti-aliased max pooling, MaxBlurPool (Zhang, "Making Convolutional Networks Shift-Invariant Again", 2019).
+
+    A stride-1 max pool followed by a binomial low-pass filter applied with the pool's stride; the
+    output shape equals ``nn.MaxPool2d``'s. ``filter_size`` taps per axis (default 3: [1, 2, 1] / 4).
+    The filter is a non-persistent buffer (follows ``.to()``, stays out of ``state_dict``).
+    No learnable parameters.
+
+    Example:
+        >>> pool = BlurMaxPool(2)
+        >>> pool(torch.rand(1, 3, 8, 8)).shape
+        torch.Size([1, 3, 4, 4])
+    """
+
+    def __init__(
+        self,
+        kernel_size: Size2,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        filter_size: int = 3,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if kernel_size is None:
+            raise ValueError("BlurMaxPool has no global form: a global window leaves nothing to blur")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        _check_filter_size(filter_size, type(self).__name__)
+        self.filter_size = filter_size
+        filt = _binomial_filter(filter_size).to(device=device, dtype=torch.get_default_dtype())
+        self.register_buffer("blur", filt.view(1, 1, filter_size, filter_size), persistent=False)
+
+    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+        return _blur_max(x, geometry, self.blur)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"filter_size": self.filter_size}
+
+    def _option_repr(self) -> dict[str, object]:
+        return {"filter_size": self.filter_size}

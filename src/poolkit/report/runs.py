@@ -1,0 +1,319 @@
+"""Reading run directories from disk: never a live trainer, never a crash on a broken file.
+
+A run directory (see ``docs/architecture.md``) holds ``config.yaml``, ``metrics.csv``, and, when the run
+ended, ``result.json`` (finished) or ``error.json`` (failed); ``shift.json`` is optional. Every run found
+under a root becomes one :class:`RunRecord` whose ``status`` says what could be read:
+
+* ``"finished"``: ``result.json`` is readable and has a numeric ``test_top1``;
+* ``"failed"``: ``error.json`` and no ``result.json``;
+* ``"incomplete"``: neither (still running, or killed); ``metrics.csv`` tells how far it got;
+* ``"unreadable"``: a file that should be parsed could not be (``problems`` says which and why).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "RUN_MARKERS",
+    "RunRecord",
+    "canonical_options",
+    "find_run_dirs",
+    "load_runs",
+    "options_label",
+    "read_run",
+    "resolved_options",
+]
+
+Status = Literal["finished", "failed", "incomplete", "unreadable"]
+
+#: A directory holding any of these files is a run directory.
+RUN_MARKERS = ("config.yaml", "result.json", "error.json", "metrics.csv")
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a JSON/CSV value, or None (empty cells, null, text, NaN)."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+@dataclass
+class RunRecord:
+    """Everything the report reads from one run directory.
+
+    Identity (``model``, ``dataset``, ``pool``, ``pool_options``, ``seed``) comes from ``result.json``
+    when present and from ``config.yaml`` otherwise, so failed and incomplete runs are still named.
+    """
+
+    path: Path
+    status: Status
+    config: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] | None = None
+    metrics: list[dict[str, float | None]] = field(default_factory=list)
+    error: dict[str, Any] | None = None
+    shift: dict[str, Any] | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def sweep(self) -> Path:
+        """The directory the run lives in: runs of one sweep share it (``OUT/runs``)."""
+        return self.path.parent
+
+    def _get(self, key: str) -> Any:
+        if self.result is not None and self.result.get(key) is not None:
+            return self.result[key]
+        return self.config.get(key)
+
+    @property
+    def model(self) -> str | None:
+        value = self._get("model")
+        return str(value) if value is not None else None
+
+    @property
+    def dataset(self) -> str | None:
+        value = self._get("dataset")
+        return str(value) if value is not None else None
+
+    @property
+    def pool(self) -> str | None:
+        value = self._get("pool")
+        return str(value) if value is not None else None
+
+    @property
+    def pool_options(self) -> dict[str, Any]:
+        value = self._get("pool_options")
+        return dict(value) if isinstance(value, dict) else {}
+
+    @property
+    def seed(self) -> int | None:
+        value = self._get("seed")
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        number = _number(value)
+        return int(number) if number is not None and number.is_integer() else None
+
+    def value(self, key: str) -> float | None:
+        """A numeric ``result.json`` entry (``test_top1``, ``seconds``, ``pool_params``, ...) or None."""
+        return None if self.result is None else _number(self.result.get(key))
+
+    @property
+    def test_top1(self) -> float | None:
+        return self.value("test_top1")
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.metrics)
+
+    @property
+    def epochs_planned(self) -> int | None:
+        number = _number(self._get("epochs"))
+        return int(number) if number is not None else None
+
+    @property
+    def device(self) -> str | None:
+        value = self._get("device")
+        return str(value) if value not in (None, "") else None
+
+    @property
+    def error_line(self) -> str:
+        """The first line of the failure's message (``"<type>: <message>"``), for the report."""
+        if self.status == "unreadable":
+            return self.problems[0] if self.problems else "unreadable"
+        if self.error is None:
+            return ""
+        message = str(self.error.get("error") or "").strip()
+        first = message.splitlines()[0] if message else ""
+        kind = str(self.error.get("type") or "").strip()
+        if kind and first and not first.startswith(kind):
+            return f"{kind}: {first}"
+        return first or kind or "error.json has no message"
+
+    def column(self, name: str) -> list[float]:
+        """The finite values of one ``metrics.csv`` column, in epoch order."""
+        return [v for row in self.metrics if (v := row.get(name)) is not None]
+
+    def steady(self, name: str) -> tuple[float | None, bool]:
+        """Mean of a per-epoch timing column with the first (warm-up) epoch left out when there are > 2.
+
+        Returns ``(mean or None, whether the first epoch was left out)``.
+        """
+        values = self.column(name)
+        if not values:
+            return None, False
+        if len(values) > 2:
+            return sum(values[1:]) / (len(values) - 1), True
+        return sum(values) / len(values), False
+
+    @property
+    def peak_memory_bytes(self) -> float | None:
+        from_result = self.value("peak_memory_bytes")
+        if from_result:
+            return from_result
+        column = self.column("peak_memory_bytes")
+        return max(column) if column and max(column) > 0 else None
+
+
+def find_run_dirs(root: str | os.PathLike[str]) -> list[Path]:
+    """Every run directory at or below ``root`` (sorted); a run directory's own subfolders are not searched.
+
+    Raises:
+        ValueError: ``root`` is not a directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"runs directory {str(root)!r} does not exist or is not a directory")
+    found: list[Path] = []
+    for current, dirs, files in os.walk(root):
+        if any(marker in files for marker in RUN_MARKERS):
+            found.append(Path(current))
+            dirs.clear()
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return sorted(found)
+
+
+def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path.name} cannot be read: {exc}")
+        return None
+    if not isinstance(data, dict):
+        problems.append(f"{path.name} holds a {type(data).__name__}, expected a JSON object")
+        return None
+    return data
+
+
+def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        problems.append(f"config.yaml cannot be read: {str(exc).splitlines()[0]}")
+        return {}
+    if not isinstance(data, dict):
+        problems.append("config.yaml does not hold a mapping of keys to values")
+        return {}
+    return data
+
+
+def _read_metrics(path: Path, problems: list[str]) -> list[dict[str, float | None]]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.append(f"metrics.csv cannot be read: {exc}")
+        return []
+    out: list[dict[str, float | None]] = []
+    for row in rows:
+        parsed = {str(k).strip(): _number(v) for k, v in row.items() if k is not None}
+        if parsed.get("epoch") is None:
+            problems.append("metrics.csv has a row without an epoch number (left out)")
+            continue
+        out.append(parsed)
+    out.sort(key=lambda r: r["epoch"] or 0.0)
+    return out
+
+
+def _check_shift(data: dict[str, Any] | None, problems: list[str]) -> dict[str, Any] | None:
+    if data is None:
+        return None
+    consistency = _number(data.get("consistency"))
+    by_shift = data.get("accuracy_by_shift")
+    if consistency is None or not isinstance(by_shift, dict):
+        problems.append("shift.json lacks a numeric 'consistency' or an 'accuracy_by_shift' mapping (ignored)")
+        return None
+    clean = {str(k): v for k, v in by_shift.items() if _number(v) is not None}
+    return {**data, "consistency": consistency, "accuracy_by_shift": {k: float(v) for k, v in clean.items()}}
+
+
+def read_run(path: str | os.PathLike[str]) -> RunRecord:
+    """Read one run directory; never raises for broken or missing files (see ``status`` and ``problems``)."""
+    path = Path(path)
+    problems: list[str] = []
+    config = _read_config(path / "config.yaml", problems) if (path / "config.yaml").is_file() else {}
+    metrics = _read_metrics(path / "metrics.csv", problems) if (path / "metrics.csv").is_file() else []
+    result = _read_json(path / "result.json", problems) if (path / "result.json").is_file() else None
+    error = _read_json(path / "error.json", problems) if (path / "error.json").is_file() else None
+    shift_problems: list[str] = []
+    shift = None
+    if (path / "shift.json").is_file():
+        shift = _check_shift(_read_json(path / "shift.json", shift_problems), shift_problems)
+    record = RunRecord(path, "incomplete", config, result, metrics, error, shift, problems)
+
+    if not (path / "config.yaml").is_file():
+        problems.append("config.yaml is missing")
+    if (path / "result.json").is_file():
+        if result is not None:
+            status = result.get("status", "finished")
+            if status != "finished":
+                problems.append(f"result.json has status {status!r}, expected 'finished'")
+            elif record.test_top1 is None:
+                problems.append("result.json has no numeric test_top1")
+    elif (path / "error.json").is_file() and error is not None:
+        record.status = "failed"
+    for key in ("model", "dataset", "pool"):
+        if getattr(record, key) is None:
+            problems.append(f"neither result.json nor config.yaml names the run's {key}")
+    if record.seed is None:
+        problems.append("neither result.json nor config.yaml gives an integer seed")
+
+    if problems:
+        record.status = "unreadable"
+    elif result is not None:
+        record.status = "finished"
+    # A finished run whose shift.json is broken is still finished; the report lists the problem.
+    record.problems = problems + shift_problems
+    return record
+
+
+def load_runs(root: str | os.PathLike[str]) -> list[RunRecord]:
+    """Every run directory under ``root``, read with :func:`read_run` (sorted by path)."""
+    return [read_run(p) for p in find_run_dirs(root)]
+
+
+def _defaults(pool: str) -> dict[str, Any] | None:
+    from poolkit.registry import pool_options
+
+    try:
+        return pool_options(pool)
+    except ValueError:
+        return None
+
+
+def canonical_options(pool: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` without the entries equal to the method's defaults, sorted by key.
+
+    Two runs of one method at the same settings then compare equal whether or not their config spelled
+    out the defaults. Methods this poolkit does not know keep their options as written.
+    """
+    defaults = _defaults(pool) or {}
+    return {k: options[k] for k in sorted(options) if not (k in defaults and defaults[k] == options[k])}
+
+
+def resolved_options(pool: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The method's defaults updated with ``options`` (what the run actually used)."""
+    return {**(_defaults(pool) or {}), **options}
+
+
+def options_label(options: dict[str, Any]) -> str:
+    """``"k=2, threshold=0.3"`` (empty for defaults)."""
+    return ", ".join(f"{k}={v}" for k, v in sorted(options.items()))

@@ -1,0 +1,184 @@
+"""Model surgery: replace the pooling layers of any existing model with a poolkit method."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from poolkit.registry import PoolFactory, create_pool, get_pool_spec
+
+__all__ = ["find_pools", "swap_pooling"]
+
+_POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+
+
+def find_pools(model: nn.Module, targets: Iterable[type[nn.Module]] = (nn.MaxPool2d,)) -> list[tuple[str, nn.Module]]:
+    """The ``(qualified name, module)`` pairs of ``model`` that are instances of ``targets``."""
+    targets = tuple(targets)
+    return [(name, m) for name, m in model.named_modules() if name and isinstance(m, targets)]
+
+
+def _geometry_of(name: str, module: nn.Module) -> dict[str, Any]:
+    """kernel_size, stride, padding, dilation and ceil_mode of a pooling module (MaxPool2d-like)."""
+    if getattr(module, "return_indices", False):
+        raise ValueError(
+            f"{name}: MaxPool2d(return_indices=True) feeds a MaxUnpool2d and cannot be replaced; "
+            f"exclude it from targets"
+        )
+    if isinstance(module, nn.AvgPool2d) and module.divisor_override is not None:
+        raise ValueError(f"{name}: AvgPool2d(divisor_override=...) has no poolkit equivalent")
+    kernel = getattr(module, "kernel_size", None)
+    if kernel is None:
+        raise ValueError(
+            f"{name}: {type(module).__name__} has no kernel_size, so it is not a windowed pool that "
+            f"swap_pooling can replace (adaptive and global pools are not); remove it from targets"
+        )
+    geometry = {"kernel_size": kernel}
+    for arg in _POOL_ARGS[1:]:
+        if hasattr(module, arg):
+            geometry[arg] = getattr(module, arg)
+    if geometry.get("stride") is None:
+        geometry["stride"] = kernel
+    return geometry
+
+
+def _input_channels(model: nn.Module, layers: list[nn.Module], example_input: Any) -> dict[int, set[int]]:
+    """Run ``example_input`` once and record, per layer id, the channel counts it receives."""
+    seen: dict[int, set[int]] = {id(m): set() for m in layers}
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        if isinstance(x, Tensor) and x.dim() in (3, 4):
+            seen[id(module)].add(int(x.shape[-3]))
+
+    handles = [m.register_forward_pre_hook(hook) for m in layers]
+    modes = {m: m.training for m in model.modules()}  # restore each module's own mode afterwards
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_input, (tuple, list)):
+                model(*example_input)
+            elif isinstance(example_input, dict):
+                model(**example_input)
+            else:
+                model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, mode in modes.items():
+            module.training = mode
+    return seen
+
+
+def _factory_kwargs(model: nn.Module, example_input: Any) -> dict[str, Any]:
+    """Put new layers where the model lives: the device/dtype of its first parameter or of the input."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.is_floating_point():
+            return {"device": tensor.device, "dtype": tensor.dtype}
+    if isinstance(example_input, Tensor) and example_input.is_floating_point():
+        return {"device": example_input.device, "dtype": example_input.dtype}
+    return {}
+
+
+def swap_pooling(
+    model: nn.Module,
+    method: PoolFactory,
+    *,
+    targets: Iterable[type[nn.Module]] = (nn.MaxPool2d,),
+    example_input: Any = None,
+    **options: Any,
+) -> nn.Module:
+    """Replace every ``targets`` layer of ``model`` in place by ``method``, keeping its geometry.
+
+    Every instance of a target class, also inside nested modules and ``nn.Sequential``, becomes
+    ``create_pool(method, kernel_size, stride, padding, dilation, ceil_mode, channels=C, **options)``.
+    A module object used in several places stays shared (one replacement for it). When the method
+    needs channel counts (``PoolSpec.needs_channels``), they come from one forward pass of
+    ``example_input`` in eval mode under ``torch.no_grad()``; new layers are created on the model's
+    device and dtype.
+
+    Args:
+        model: any ``nn.Module``; modified in place and returned.
+        method: a registered name, a pool class or a ``functools.partial``.
+        targets: the layer classes to replace (default ``(nn.MaxPool2d,)``; add ``nn.AvgPool2d`` etc.).
+        example_input: an input for ``model`` (a tensor, a tuple of positional inputs or a dict of
+            keyword inputs), needed only when the method needs channel counts.
+        **options: the method's own options.
+
+    Returns:
+        The same model.
+
+    Raises:
+        ValueError: the method needs channels and no ``example_input`` was given, or a target layer
+            was not reached by the example forward pass, or a shared layer sees different channel
+            counts; an unknown method or option.
+
+    Example:
+        >>> import torch, poolkit
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.Flatten())
+        >>> net = poolkit.swap_pooling(net, "gated", example_input=torch.randn(1, 3, 8, 8))
+        >>> type(net[1]).__name__, net[1].channels
+        ('GatedPool', 8)
+    """
+    targets = tuple(targets)
+    if not targets:
+        raise ValueError("targets must name at least one layer class, e.g. (nn.MaxPool2d,)")
+    found = find_pools(model, targets)
+    if not found:
+        return model
+    unique: dict[int, tuple[str, nn.Module]] = {}
+    for name, module in found:
+        unique.setdefault(id(module), (name, module))
+
+    needs_channels = _needs_channels(method, options)
+    channels: dict[int, int | None] = {key: None for key in unique}
+    if needs_channels:
+        if example_input is None:
+            names = ", ".join(name for name, _ in unique.values())
+            raise ValueError(
+                f"pool {method!r} needs the channel count of each layer it replaces ({names}); pass "
+                f"example_input=<a tensor the model accepts, e.g. torch.randn(1, 3, 32, 32)> so "
+                f"swap_pooling can find them with one forward pass"
+            )
+        seen = _input_channels(model, [m for _, m in unique.values()], example_input)
+        for key, (name, _) in unique.items():
+            counts = seen[key]
+            if not counts:
+                raise ValueError(
+                    f"{name} was not reached by the forward pass of example_input, so its channel "
+                    f"count is unknown; pass an example_input that runs through it"
+                )
+            if len(counts) > 1:
+                raise ValueError(
+                    f"{name} is one module used with different channel counts {sorted(counts)}; "
+                    f"{method!r} has per-channel parts, so give each use its own pooling module"
+                )
+            channels[key] = counts.pop()
+
+    factory = _factory_kwargs(model, example_input)
+    replacements: dict[int, nn.Module] = {}
+    for key, (name, module) in unique.items():
+        new = create_pool(method, **_geometry_of(name, module), channels=channels[key], **options)
+        replacements[key] = new.to(**factory) if factory else new
+
+    for parent in model.modules():
+        for child_name, child in list(parent.named_children()):
+            if id(child) in replacements:
+                setattr(parent, child_name, replacements[id(child)])
+    return model
+
+
+def _needs_channels(method: PoolFactory, options: dict[str, Any]) -> bool:
+    """Whether ``method`` must be told its channel count (per-channel options count too)."""
+    if isinstance(method, str):
+        spec = get_pool_spec(method)
+        return spec.needs_channels or bool(options.get("per_channel", False))
+    target = getattr(method, "func", method)
+    keywords = getattr(method, "keywords", {}) or {}
+    if bool(options.get("per_channel", keywords.get("per_channel", False))):
+        return True
+    return bool(getattr(target, "needs_channels", False))
