@@ -166,8 +166,9 @@ def swap_pooling(
         replacements[key] = new.to(**factory) if factory else new
 
     for parent in model.modules():
-        for child_name, child in list(parent.named_children()):
-            if id(child) in replacements:
+        # _modules, not named_children(): the latter skips a module object the second time it appears.
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacements:
                 setattr(parent, child_name, replacements[id(child)])
     return model
 

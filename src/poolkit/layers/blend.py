@@ -105,7 +105,7 @@ def _gated(x: Tensor, g: PoolGeometry, weight: Tensor, bias: Tensor) -> Tensor:
     mean = window_mean(x, g)
     # The mean over the window of (w.x + b) equals w.(mean of x) + b: the gate costs a 1x1 conv of A.
     gate = torch.sigmoid(F.conv2d(mean, weight.to(x.dtype), bias.to(x.dtype)))
-    return torch.lerp(mean, window_max(x, g), gate)
+    return torch.lerp(mean, window_max(x, g), gate.to(mean.dtype))  # autocast runs the conv in low precision
 
 
 def gated_pool2d(

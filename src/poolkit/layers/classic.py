@@ -91,7 +91,7 @@ def lp_pool2d(
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
         >>> round(lp_pool2d(x, 2).item(), 6)
-        0.3427
+        0.339117
     """
     check_positive(norm_type, "norm_type", "lp_pool2d")
     x, g, unbatched = prepare(input, "lp_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
@@ -173,8 +173,8 @@ class LPPool(Pool2d):
     Same output as :class:`torch.nn.LPPool2d`, plus ``padding``, ``dilation`` and ``ceil_mode``.
 
     Example:
-        >>> round(LPPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 4)
-        0.3427
+        >>> round(LPPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
+        0.339117
     """
 
     def __init__(

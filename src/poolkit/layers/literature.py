@@ -106,7 +106,7 @@ def gem_pool2d(
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
         >>> round(gem_pool2d(x, 2, p=3.0).item(), 6)
-        0.181706
+        0.183586
     """
     x, g, unbatched = prepare(input, "gem_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
     check_positive(p, "p", "gem_pool2d")
@@ -207,7 +207,7 @@ class GeMPool(Pool2d):
 
     Example:
         >>> round(GeMPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
-        0.181706
+        0.183586
     """
 
     def __init__(

@@ -16,7 +16,9 @@ windows into a trailing dimension of size ``kh * kw``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +41,24 @@ __all__ = [
 ]
 
 IntPair = tuple[int, int]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _memoize(maxsize: int) -> Callable[[_F], _F]:
+    """``functools.lru_cache`` that ``torch.compile`` traces straight through (it ignores such caches)."""
+
+    def decorator(fn: _F) -> _F:
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any) -> Any:
+            if torch.compiler.is_compiling():
+                return fn(*args)
+            return cached(*args)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
 
 
 def pair(value: int | tuple[int, ...] | list[int], name: str) -> IntPair:
@@ -153,7 +173,7 @@ class PoolGeometry:
         }
 
 
-@functools.lru_cache(maxsize=1024)
+@_memoize(maxsize=1024)
 def _create_geometry(
     kernel_size: int | tuple[int, int],
     stride: int | tuple[int, int] | None,
@@ -178,7 +198,7 @@ def _create_geometry(
     return PoolGeometry(kernel, step, pad, dil, ceil_mode)
 
 
-@functools.lru_cache(maxsize=4096)
+@_memoize(maxsize=4096)
 def _cached_output_size(geometry: PoolGeometry, height: int, width: int) -> IntPair:
     out = tuple(
         _output_length(size, k, s, p, d, geometry.ceil_mode)
@@ -248,16 +268,25 @@ def window_count(geometry: PoolGeometry, height: int, width: int, device: torch.
     return _window_count(geometry, height, width, torch.device("cpu") if device is None else device)
 
 
-@functools.lru_cache(maxsize=256)
+@_memoize(maxsize=256)
 def _window_count(geometry: PoolGeometry, height: int, width: int, device: torch.device) -> Tensor:
     real_h, real_w = _real_cells(geometry, height, width, device)
     return real_h.sum(1)[:, None] * real_w.sum(1)[None, :]
 
 
-@functools.lru_cache(maxsize=1024)
+@_memoize(maxsize=1024)
 def min_window_count(geometry: PoolGeometry, height: int, width: int) -> int:
-    """The smallest number of real cells in any window (0 only for all-padding dilated windows)."""
-    return int(_window_count(geometry, height, width, torch.device("cpu")).min())
+    """The smallest number of real cells in any window (0 only for all-padding dilated windows).
+
+    Plain Python arithmetic, so that ``torch.compile`` folds it into a constant.
+    """
+    out = geometry.output_size(height, width)
+    smallest = 1
+    for size, n_out, k, s, p, d in zip(
+        (height, width), out, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
+    ):
+        smallest *= min(sum(0 <= i * s - p + t * d < size for t in range(k)) for i in range(n_out))
+    return smallest
 
 
 def _real_cells(geometry: PoolGeometry, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -277,7 +306,7 @@ def window_mask(geometry: PoolGeometry, height: int, width: int, device: torch.d
     return _window_mask(geometry, height, width, torch.device("cpu") if device is None else device)
 
 
-@functools.lru_cache(maxsize=256)
+@_memoize(maxsize=256)
 def _window_mask(geometry: PoolGeometry, height: int, width: int, device: torch.device) -> Tensor:
     real_h, real_w = _real_cells(geometry, height, width, device)
     mask = real_h[:, None, :, None] & real_w[None, :, None, :]

@@ -1,0 +1,64 @@
+"""Helpers shared by the pooling-layer tests: how to build any registered pool for a given window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+import poolkit
+
+ALL_POOLS = poolkit.list_pools()
+STOCHASTIC = [n for n in ALL_POOLS if poolkit.get_pool_spec(n).stochastic]
+DETERMINISTIC = [n for n in ALL_POOLS if n not in STOCHASTIC]
+# Methods whose output is a max/average blend (A <= y <= M) or a weighted average (min <= y <= max).
+BLENDS = ["tmaxavg", "soft_tmaxavg", "learnable_t", "channel_adaptive", "gated", "stochastic_mix", "mixed"]
+WEIGHTED_AVERAGES = ["avg", "attention", "softpool", "lip", "stochastic", "gem"]
+K_METHODS = ["tmaxavg", "soft_tmaxavg", "learnable_t"]
+CHANNELS = 4
+
+
+def options_for(name: str, kernel_size: Any) -> dict[str, Any]:
+    """Options that keep a method valid for any window: K is clipped to the window's area."""
+    if name in K_METHODS:
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        return {"k": min(4, kh * kw)}
+    return {}
+
+
+def build(
+    name: str,
+    kernel_size: Any = 2,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    *,
+    channels: int = CHANNELS,
+    seed: int = 0,
+    **options: Any,
+) -> nn.Module:
+    """A pool with reproducible initial weights (the seed fixes the conv parts' init)."""
+    torch.manual_seed(seed)
+    opts = {**options_for(name, kernel_size), **options}
+    return poolkit.create_pool(name, kernel_size, stride, padding, dilation, ceil_mode, channels=channels, **opts)
+
+
+def perturb(module: nn.Module, seed: int = 1) -> nn.Module:
+    """Move every learnable parameter away from its initial value (init values can hide bugs)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
+    return module
+
+
+def geometry_kwargs(module: nn.Module) -> dict[str, Any]:
+    return {
+        "kernel_size": module.kernel_size,
+        "stride": module.stride,
+        "padding": module.padding,
+        "dilation": module.dilation,
+        "ceil_mode": module.ceil_mode,
+    }

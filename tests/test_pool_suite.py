@@ -1,0 +1,450 @@
+"""The one suite every registered pool must pass (a new method gets all of it by registering)."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pools import ALL_POOLS, BLENDS, CHANNELS, STOCHASTIC, WEIGHTED_AVERAGES, build, geometry_kwargs, perturb
+from torch import nn
+
+import poolkit
+from poolkit.layers.windows import PoolGeometry, min_window_count
+
+GRID = [
+    (k, s, p, d, c)
+    for k in range(1, 5)
+    for s in range(1, 4)
+    for p in range(0, k // 2 + 1)
+    for d in (1, 2)
+    for c in (False, True)
+]
+
+
+def _reference_shape(x: torch.Tensor, k: int, s: int, p: int, d: int, c: bool) -> torch.Size | None:
+    try:
+        return nn.MaxPool2d(k, s, p, d, ceil_mode=c)(x).shape
+    except RuntimeError:
+        return None
+
+
+def _has_empty_window(x: torch.Tensor, k: int, s: int, p: int, d: int, c: bool) -> bool:
+    return min_window_count(PoolGeometry.create(k, s, p, d, c), x.shape[-2], x.shape[-1]) == 0
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_shape_parity_with_maxpool_over_the_grid(name):
+    """Every (kernel 1-4, stride 1-3, padding 0-k//2, dilation 1-2, ceil_mode) combination, two sizes."""
+    torch.manual_seed(0)
+    for height, width in ((7, 10), (3, 4)):
+        x = torch.randn(2, CHANNELS, height, width)
+        for k, s, p, d, c in GRID:
+            expected = _reference_shape(x, k, s, p, d, c)
+            pool = build(name, k, s, p, d, c).eval()
+            if expected is None:
+                with pytest.raises(ValueError, match="larger than the padded input"):
+                    pool(x)
+                continue
+            y = pool(x)
+            assert y.shape == expected, (name, k, s, p, d, c, (height, width))
+            if not _has_empty_window(x, k, s, p, d, c):
+                assert torch.isfinite(y).all(), (name, k, s, p, d, c, (height, width))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(ALL_POOLS),
+    height=st.integers(1, 12),
+    width=st.integers(1, 12),
+    kh=st.integers(1, 5),
+    kw=st.integers(1, 5),
+    sh=st.integers(1, 4),
+    sw=st.integers(1, 4),
+    dilation=st.integers(1, 3),
+    ceil_mode=st.booleans(),
+    batched=st.booleans(),
+    data=st.data(),
+)
+def test_shape_parity_hypothesis(name, height, width, kh, kw, sh, sw, dilation, ceil_mode, batched, data):
+    ph = data.draw(st.integers(0, kh // 2))
+    pw = data.draw(st.integers(0, kw // 2))
+    x = torch.randn(2, CHANNELS, height, width) if batched else torch.randn(CHANNELS, height, width)
+    args = ((kh, kw), (sh, sw), (ph, pw), dilation, ceil_mode)
+    try:
+        expected = nn.MaxPool2d(*args[:4], ceil_mode=ceil_mode)(x).shape
+    except RuntimeError:
+        expected = None
+    pool = build(name, *args).eval()
+    if expected is None:
+        with pytest.raises(ValueError):
+            pool(x)
+    else:
+        assert pool(x).shape == expected
+
+
+def _gradcheck_module(name: str, module: nn.Module, x: torch.Tensor, *, include_params: bool = True) -> None:
+    module = module.double()
+    names = [n for n, _ in module.named_parameters()] if include_params else []
+    params = [p.detach().clone().requires_grad_() for n, p in module.named_parameters() if n in names]
+
+    def f(inp, *ps):
+        torch.manual_seed(1234)  # stochastic methods draw the same numbers on every call
+        return torch.func.functional_call(module, dict(zip(names, ps)), (inp,))
+
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3), name
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+@pytest.mark.parametrize("geometry", [(2, 2, 0, 1, False), (3, 2, 1, 1, True), (2, 2, 1, 2, False)])
+def test_gradcheck_float64(name, geometry):
+    """Input and learnable parameters, in training mode, away from the methods' kinks."""
+    gen = torch.Generator().manual_seed(3)
+    # Distinct values in [0.35, 1.35]: no ties for max/top-k, far from T-Max-Avg's switch at T = 0.3.
+    x = (torch.randperm(2 * 3 * 5 * 5, generator=gen).double() / (2 * 3 * 5 * 5) + 0.35).view(2, 3, 5, 5)
+    x.requires_grad_()
+    module = perturb(build(name, *geometry, channels=3).double()).train()
+    # Stochastic Mix's Beta sampler is not a continuous function of theta for fixed random numbers
+    # (rejection sampling), so finite differences cannot check d/dtheta there; see the Monte Carlo test.
+    include_params = name != "stochastic_mix"
+    _gradcheck_module(name, module, x, include_params=include_params)
+    if name in STOCHASTIC:
+        _gradcheck_module(name, module.eval(), x)
+
+
+def test_stochastic_mix_theta_gradient_is_unbiased():
+    """E[d y / d theta] under Beta rsample equals d E[y] / d theta = sigmoid'(theta) (M - A)."""
+    pool = build("stochastic_mix", 2, channels=1).double()
+    with torch.no_grad():
+        pool.theta.fill_(0.4)
+    x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]], dtype=torch.float64).expand(20000, 1, 2, 2)
+    torch.manual_seed(0)
+    pool.train()(x).mean().backward()
+    m = torch.sigmoid(torch.tensor(0.4, dtype=torch.float64))
+    expected = m * (1 - m) * (0.25 - 0.15)
+    assert pool.theta.grad.item() == pytest.approx(expected.item(), rel=0.03)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+@pytest.mark.parametrize("train", [False, True])
+def test_module_equals_functional(name, train):
+    module = perturb(build(name, 3, 2, 1, ceil_mode=True)).train(train)
+    x = torch.randn(2, CHANNELS, 9, 8)
+    spec = poolkit.get_pool_spec(name)
+    torch.manual_seed(7)
+    expected = module(x)
+    torch.manual_seed(7)
+    got = spec.functional(x, **geometry_kwargs(module), **module.functional_kwargs())
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_train_and_eval_semantics(name):
+    module = perturb(build(name, 2))
+    x = torch.rand(4, CHANNELS, 8, 8) + 0.1
+    module.eval()
+    y_eval = module(x)
+    torch.testing.assert_close(module(x), y_eval, rtol=0, atol=0)  # eval is deterministic
+    module.train()
+    torch.manual_seed(11)
+    y_a = module(x)
+    torch.manual_seed(11)
+    y_b = module(x)
+    torch.testing.assert_close(y_a, y_b, rtol=0, atol=0)  # reproducible under torch.manual_seed
+    if name in STOCHASTIC:
+        torch.manual_seed(12)
+        assert not torch.equal(module(x), y_a), "training draws must depend on the global generator"
+        assert not torch.equal(y_a, y_eval)
+    else:
+        torch.testing.assert_close(y_a, y_eval)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_state_dict_round_trip(name):
+    source = perturb(build(name, 3, 2, 1, seed=0), seed=5).eval()
+    target = build(name, 3, 2, 1, seed=1).eval()
+    state = source.state_dict()
+    assert "blur" not in state  # constant filters are non-persistent buffers
+    target.load_state_dict(copy.deepcopy(state))
+    x = torch.randn(2, CHANNELS, 9, 9)
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+    assert set(state) == {n for n, _ in source.named_parameters()} | {
+        n for n, _ in source.named_buffers() if n.split(".")[-1] != "blur"
+    }
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_channels_last_and_non_contiguous_input(name):
+    module = perturb(build(name, 3, 2, 1)).eval()
+    x = torch.randn(2, CHANNELS, 10, 9)
+    expected = module(x)
+    y = module(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    wide = torch.randn(2, CHANNELS, 10, 18)
+    strided = wide[..., ::2]
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(module(strided), module(strided.contiguous()), rtol=1e-5, atol=1e-6)
+    transposed = torch.randn(2, CHANNELS, 9, 10).transpose(-1, -2)
+    torch.testing.assert_close(module(transposed), module(transposed.contiguous()), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_unbatched_input(name):
+    module = perturb(build(name, 2)).eval()
+    x = torch.randn(CHANNELS, 8, 6)
+    y = module(x)
+    assert y.shape == (CHANNELS, 4, 3)
+    torch.testing.assert_close(y, module(x.unsqueeze(0))[0], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_float_dtypes(name, dtype):
+    module = perturb(build(name, 2)).eval()
+    x = torch.rand(2, CHANNELS, 8, 8) + 0.05
+    reference = module(x)
+    low = module.to(dtype)(x.to(dtype))
+    assert low.dtype == dtype
+    tol = {torch.float64: 1e-6, torch.float32: 1e-6, torch.bfloat16: 3e-2, torch.float16: 5e-3}[dtype]
+    torch.testing.assert_close(low.float(), reference, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_cpu_autocast_bfloat16(name):
+    module = perturb(build(name, 2)).train()
+    x = torch.rand(2, CHANNELS, 8, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(x)
+    assert torch.isfinite(y).all()
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    module.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(x.detach())
+    torch.testing.assert_close(y.float(), module(x.detach()), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL_POOLS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_autocast(name, dtype):
+    module = perturb(build(name, 2)).cuda().train()
+    x = torch.rand(2, CHANNELS, 8, 8, device="cuda", requires_grad=True)
+    with torch.autocast("cuda", dtype=dtype):
+        y = module(x)
+    y.float().sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    module.eval()
+    with torch.autocast("cuda", dtype=dtype):
+        y = module(x.detach())
+    torch.testing.assert_close(y.float(), module(x.detach()), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_torch_compile_matches_eager(name):
+    """Full-graph tracing in eval mode (aot_eager: dynamo + AOT autograd, without code generation)."""
+    torch._dynamo.reset()
+    module = perturb(build(name, 3, 2, 1)).eval()
+    x = torch.randn(2, CHANNELS, 9, 9)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), module(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["tmaxavg", "attention", "stochastic_mix", "softpool", "blurmax"])
+def test_torch_compile_inductor_matches_eager(name):
+    torch._dynamo.reset()
+    module = perturb(build(name, 3, 2, 1)).eval()
+    x = torch.randn(2, CHANNELS, 9, 9)
+    torch.testing.assert_close(torch.compile(module)(x), module(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_torch_export_in_eval_mode(name):
+    module = perturb(build(name, 3, 2, 1)).eval()
+    x = torch.randn(2, CHANNELS, 9, 9)
+    exported = torch.export.export(module, (x,))
+    torch.testing.assert_close(exported.module()(x), module(x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_learnable_parameters_receive_gradients(name):
+    module = perturb(build(name, 2)).train()
+    if not list(module.parameters()):
+        assert poolkit.get_pool_spec(name).cls(2, channels=CHANNELS).state_dict() == {}
+        return
+    torch.manual_seed(0)
+    module(torch.randn(4, CHANNELS, 8, 8)).square().sum().backward()
+    for pname, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, (name, pname)
+
+
+@pytest.mark.parametrize("name", BLENDS)
+@pytest.mark.parametrize("train", [False, True])
+def test_blends_lie_between_average_and_max(name, train):
+    module = perturb(build(name, 3, 2, 1, ceil_mode=True), seed=2).train(train)
+    x = torch.randn(3, CHANNELS, 9, 10)
+    torch.manual_seed(0)
+    y = module(x)
+    kw = geometry_kwargs(module)
+    avg = poolkit.functional.avg_pool2d(x, **kw)
+    mx = poolkit.functional.max_pool2d(x, **kw)
+    assert (y >= avg - 1e-6).all() and (y <= mx + 1e-6).all()
+
+
+@pytest.mark.parametrize("name", WEIGHTED_AVERAGES)
+@pytest.mark.parametrize("train", [False, True])
+def test_weighted_averages_lie_between_min_and_max(name, train):
+    module = perturb(build(name, 3, 2, 1, ceil_mode=True), seed=2).train(train)
+    x = torch.randn(3, CHANNELS, 9, 10)
+    if name == "gem":
+        x = x.abs() + 1e-3  # GeM is defined on positive activations (it clamps at eps)
+    torch.manual_seed(0)
+    y = module(x)
+    kw = geometry_kwargs(module)
+    mx = poolkit.functional.max_pool2d(x, **kw)
+    mn = -poolkit.functional.max_pool2d(-x, **kw)
+    slack = 1e-5 * (1 + x.abs().max())  # attention's eps shrinks the weighted mean by a relative 1e-6
+    assert (y >= mn - slack).all() and (y <= mx + slack).all()
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_errors_name_the_problem(name):
+    pool = build(name, 2)
+    with pytest.raises(ValueError, match="4-D"):
+        pool(torch.randn(8, 8))
+    with pytest.raises(ValueError, match="4-D"):
+        pool(torch.randn(1, 2, CHANNELS, 8, 8))
+    with pytest.raises(ValueError, match="floating-point"):
+        pool(torch.ones(1, CHANNELS, 8, 8, dtype=torch.int64))
+    with pytest.raises(ValueError, match="larger than the padded input"):
+        pool(torch.randn(1, CHANNELS, 1, 8))
+    with pytest.raises(ValueError, match="channels"):
+        pool(torch.randn(1, CHANNELS + 1, 8, 8))
+    with pytest.raises(ValueError, match="over half the kernel"):
+        build(name, 2, padding=2)
+    with pytest.raises(ValueError, match="positive"):
+        build(name, 0)
+    fn = poolkit.get_pool_spec(name).functional
+    kwargs = pool.functional_kwargs()
+    with pytest.raises(ValueError, match="4-D"):
+        fn(torch.randn(8, 8), kernel_size=2, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["tmaxavg", "soft_tmaxavg", "learnable_t"])
+def test_k_larger_than_the_window_is_an_error(name):
+    with pytest.raises(ValueError, match="larger than the window"):
+        build(name, 2, k=5)
+    with pytest.raises(ValueError, match="positive int"):
+        build(name, 2, k=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "option"),
+    [
+        ("soft_tmaxavg", "tau"),
+        ("learnable_t", "tau"),
+        ("stochastic_mix", "kappa"),
+        ("gem", "p"),
+        ("lp", "norm_type"),
+    ],
+)
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+def test_non_positive_temperature_kappa_p_is_an_error(name, option, value):
+    with pytest.raises(ValueError, match=f"{option} must be a positive number"):
+        build(name, 2, **{option: value})
+
+
+def test_channels_required_by_per_channel_methods():
+    for name in ALL_POOLS:
+        spec = poolkit.get_pool_spec(name)
+        if spec.needs_channels:
+            with pytest.raises(ValueError, match="channels="):
+                poolkit.create_pool(name, 2)
+        else:
+            assert poolkit.create_pool(name, 2)(torch.rand(1, 3, 4, 4)).shape == (1, 3, 2, 2)
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+def test_global_form(name):
+    spec = poolkit.get_pool_spec(name)
+    if not spec.supports_global:
+        with pytest.raises(ValueError, match="no global form"):
+            poolkit.create_global_pool(name, channels=CHANNELS)
+        return
+    x = torch.rand(2, CHANNELS, 5, 7) + 0.1
+    pool = poolkit.create_global_pool(name, channels=CHANNELS).eval()
+    y = pool(x)
+    assert y.shape == (2, CHANNELS, 1, 1)
+    local = perturb(build(name, (5, 7), seed=0), seed=0).eval()
+    pool = perturb(poolkit.create_global_pool(name, channels=CHANNELS), seed=0).eval()
+    if name not in ("attention", "lip"):  # conv init differs between the two builds
+        torch.testing.assert_close(pool(x), local(x))
+    flat = poolkit.create_global_pool(name, channels=CHANNELS, flatten=True).eval()
+    assert flat(x).shape == (2, CHANNELS)
+    assert flat(x[0]).shape == (CHANNELS,)
+
+
+def test_global_pool_names_required_by_the_harness():
+    for name in ("avg", "max", "gem", "channel_adaptive", "stochastic_mix", "attention"):
+        assert poolkit.create_global_pool(name, channels=8, flatten=True)(torch.rand(3, 8, 4, 4)).shape == (3, 8)
+
+
+def test_registry_lists_every_method_sorted_with_the_issue_names():
+    expected = {
+        "max", "avg", "lp", "strided_conv", "tmaxavg", "soft_tmaxavg", "learnable_t", "channel_adaptive",
+        "gated", "attention", "stochastic_mix", "mixed", "stochastic", "softpool", "lip", "gem", "blurmax",
+    }  # fmt: skip
+    assert set(poolkit.list_pools()) == expected
+    assert poolkit.list_pools() == sorted(poolkit.list_pools())
+    assert poolkit.list_pools("study") == sorted(
+        ["tmaxavg", "soft_tmaxavg", "learnable_t", "channel_adaptive", "gated", "attention", "stochastic_mix"]
+    )
+
+
+def test_create_pool_by_name_class_and_partial():
+    import functools
+
+    from poolkit.layers import TMaxAvgPool
+
+    x = torch.rand(1, 2, 6, 6)
+    by_name = poolkit.create_pool("tmaxavg", 2, k=2, threshold=0.5)
+    by_class = poolkit.create_pool(TMaxAvgPool, 2, k=2, threshold=0.5)
+    by_partial = poolkit.create_pool(functools.partial(TMaxAvgPool, k=2), 2, threshold=0.5)
+    torch.testing.assert_close(by_name(x), by_class(x))
+    torch.testing.assert_close(by_name(x), by_partial(x))
+    assert isinstance(poolkit.create_pool(nn.MaxPool2d, 3, 2, 1), nn.MaxPool2d)
+
+
+def test_unknown_name_and_option_errors_list_the_valid_ones():
+    with pytest.raises(ValueError, match="valid names are: attention, avg, blurmax"):
+        poolkit.create_pool("maxx", 2)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['kk'\].*k, threshold"):
+        poolkit.create_pool("tmaxavg", 2, kk=3)
+    with pytest.raises(ValueError, match="its options are: none"):
+        poolkit.create_pool("max", 2, k=3)
+    with pytest.raises(ValueError, match="registered name"):
+        poolkit.create_pool(42, 2)
+
+
+def test_pool_options_reports_defaults():
+    assert poolkit.pool_options("tmaxavg") == {"k": 4, "threshold": 0.3}
+    assert poolkit.pool_options("soft_tmaxavg") == {"k": 4, "threshold": 0.3, "tau": 0.1}
+    assert poolkit.pool_options("learnable_t") == {"k": 4, "threshold": 0.3, "tau": 0.1, "per_channel": False}
+    assert poolkit.pool_options("stochastic_mix") == {"kappa": 2.0, "per_channel": False}
+    assert poolkit.pool_options("attention") == {"reduction": 4, "eps": 1e-6}
+    assert poolkit.pool_options("gem") == {"p": 3.0, "eps": 1e-6}
+    assert poolkit.pool_options("lp") == {"norm_type": 2.0}
+    assert poolkit.pool_options("strided_conv") == {"depthwise": True}
+
+
+def test_pools_expose_maxpool_attributes():
+    for name, (k, s, p, d, c) in itertools.product(ALL_POOLS, [(3, 2, 1, 1, True)]):
+        pool = build(name, k, s, p, d, c)
+        assert pool.kernel_size == (3, 3) and pool.stride == (2, 2) and pool.padding == (1, 1)
+        assert pool.dilation == (1, 1) and pool.ceil_mode is True
+        assert "kernel_size=(3, 3)" in repr(pool)
