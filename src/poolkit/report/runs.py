@@ -239,7 +239,9 @@ def _check_shift(data: dict[str, Any] | None, problems: list[str]) -> dict[str, 
     consistency = _number(data.get("consistency"))
     by_shift = data.get("accuracy_by_shift")
     if consistency is None or not isinstance(by_shift, dict):
-        problems.append("shift.json lacks a numeric 'consistency' or an 'accuracy_by_shift' mapping (ignored)")
+        problems.append(
+            "shift.json lacks a numeric 'consistency' or an 'accuracy_by_shift' mapping (ignored)"
+        )
         return None
     clean = {str(k): v for k, v in by_shift.items() if _number(v) is not None}
     return {**data, "consistency": consistency, "accuracy_by_shift": {k: float(v) for k, v in clean.items()}}

@@ -32,7 +32,13 @@ __all__ = [
     "paired_t_test",
     "summarize",
     "t_interval",
+    "t_quantile",
 ]
+
+
+#: A spread this small relative to the values is floating-point noise (96.1 - 95.4 vs 95.4 - 94.7), not
+#: a real difference between seeds.
+_ZERO_SPREAD = 1e-9
 
 
 def _as_values(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
@@ -51,7 +57,9 @@ def _check_confidence(confidence: float) -> None:
 class Summary:
     """Mean of ``n`` values with their sample standard deviation and t-interval of the mean.
 
-    ``std``, ``ci_low``, ``ci_high`` and ``half_width`` are None when ``n < 2`` (one value has no spread).
+    ``std``, ``ci_low``, ``ci_high`` and ``half_width`` are None when ``n < 2`` (one value has no spread);
+    the interval is also None when all values are equal (a zero-width interval would claim certainty
+    that a handful of identical, often quantised, accuracies cannot give).
     """
 
     n: int
@@ -78,15 +86,27 @@ def t_interval(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -
         >>> round(low, 4), round(high, 4)
         (-0.4841, 4.4841)
     """
-    _check_confidence(confidence)
     arr = _as_values(values, "values")
     n = arr.size
     if n < 2:
         raise ValueError(f"a t-interval needs at least 2 values, got {n}")
     mean = float(arr.mean())
     sem = float(arr.std(ddof=1)) / math.sqrt(n)
-    q = float(_scipy_stats.t.ppf(0.5 + confidence / 2.0, n - 1))
+    q = t_quantile(n - 1, confidence)
     return mean - q * sem, mean + q * sem
+
+
+def t_quantile(df: int, confidence: float = 0.95) -> float:
+    """Student's t quantile ``t_{(1+c)/2, df}``: a two-sided interval's half-width in standard errors.
+
+    Example:
+        >>> round(t_quantile(1), 3), round(t_quantile(2), 3), round(t_quantile(9), 3)
+        (12.706, 4.303, 2.262)
+    """
+    _check_confidence(confidence)
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return float(_scipy_stats.t.ppf(0.5 + confidence / 2.0, df))
 
 
 def summarize(values: Sequence[float] | np.ndarray, confidence: float = 0.95) -> Summary:
@@ -103,8 +123,11 @@ def summarize(values: Sequence[float] | np.ndarray, confidence: float = 0.95) ->
     mean = float(arr.mean())
     if arr.size < 2:
         return Summary(n=1, mean=mean, std=None, ci_low=None, ci_high=None)
+    std = float(arr.std(ddof=1))
+    if std <= _ZERO_SPREAD * max(float(np.abs(arr).max()), 1.0):
+        return Summary(n=int(arr.size), mean=mean, std=0.0, ci_low=None, ci_high=None)
     low, high = t_interval(arr, confidence)
-    return Summary(n=int(arr.size), mean=mean, std=float(arr.std(ddof=1)), ci_low=low, ci_high=high)
+    return Summary(n=int(arr.size), mean=mean, std=std, ci_low=low, ci_high=high)
 
 
 def paired_t_test(
@@ -149,9 +172,13 @@ class PairedComparison:
         only_a, only_b: seeds present for one side only (left out of the comparison).
         mean: mean of the per-seed differences ``d_s`` (None when no seed is shared).
         std: their sample standard deviation (None when ``n < 2``).
-        ci_low, ci_high: the t-interval of the mean difference (None when ``n < 2``).
-        t, p: the paired t-test (None when ``n < 2`` or undefined).
+        ci_low, ci_high: the t-interval of the mean difference (None when ``n < 2`` or ``std == 0``).
+        t, p: the paired t-test (None when ``n < 2`` or ``std == 0``).
         confidence: the interval's level.
+
+    Identical differences for every seed (``std == 0``, common with few seeds and accuracies quantised
+    by a small test set) make the t-test degenerate (t = ±inf, p = 0 in scipy): that is no evidence,
+    so no interval and no p-value are given (see :attr:`zero_spread`).
     """
 
     n: int
@@ -173,8 +200,13 @@ class PairedComparison:
         return (self.ci_high - self.ci_low) / 2.0
 
     @property
+    def zero_spread(self) -> bool:
+        """True when at least two seeds are shared and every per-seed difference is the same."""
+        return self.n >= 2 and self.std == 0.0
+
+    @property
     def inconclusive(self) -> bool | None:
-        """True when the interval contains 0; None when there is no interval (``n < 2``)."""
+        """True when the interval contains 0; None when there is no interval (``n < 2``, zero spread)."""
         if self.ci_low is None or self.ci_high is None:
             return None
         return self.ci_low <= 0.0 <= self.ci_high
@@ -203,11 +235,12 @@ def paired_comparison(
     mean = float(d.mean())
     if n < 2:
         return PairedComparison(1, shared, only_a, only_b, mean, None, None, None, None, None, confidence)
+    std = float(d.std(ddof=1))
+    if std <= _ZERO_SPREAD * max(float(np.abs(x).max()), float(np.abs(y).max()), 1.0):
+        return PairedComparison(n, shared, only_a, only_b, mean, 0.0, None, None, None, None, confidence)
     low, high = t_interval(d, confidence)
     t, p = paired_t_test(x, y)
-    return PairedComparison(
-        n, shared, only_a, only_b, mean, float(d.std(ddof=1)), low, high, t, p, confidence
-    )
+    return PairedComparison(n, shared, only_a, only_b, mean, std, low, high, t, p, confidence)
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:

@@ -1,0 +1,441 @@
+"""The report as a document: one list of blocks rendered twice, to Markdown and to self-contained HTML.
+
+:func:`build_report` reads the run directories, writes the CSV tables and PNG figures, and renders
+``report.md`` (figures linked as files) and ``report.html`` (figures embedded as base64 PNG, inline
+CSS, no script and no external reference of any kind).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from poolkit.report import figures as figs
+from poolkit.report import tables as tab
+from poolkit.report.runs import load_runs
+
+__all__ = ["Bullets", "Document", "Heading", "Image", "Paragraph", "Table", "build_report"]
+
+
+@dataclass
+class Heading:
+    """A section heading (level 2 and 3 are used; level 2 headings make the HTML's contents list)."""
+
+    level: int
+    text: str
+
+
+@dataclass
+class Paragraph:
+    """Text with Markdown's ``**bold**`` and ```code``` as its only inline markup."""
+
+    text: str
+
+
+@dataclass
+class Bullets:
+    """A bullet list; items take the same inline markup as :class:`Paragraph`."""
+
+    items: list[str]
+
+
+@dataclass
+class Table:
+    """A table of text cells (inline markup allowed, ``|`` is escaped in Markdown)."""
+
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    """A PNG figure with its caption: linked from report.md, embedded in report.html."""
+
+    path: Path
+    title: str
+    caption: str
+
+
+Block = Heading | Paragraph | Bullets | Table | Image
+
+
+def _anchor(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+_INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
+
+
+def _inline_html(text: str) -> str:
+    out, last = [], 0
+    for match in _INLINE.finditer(text):
+        out.append(html.escape(text[last : match.start()]))
+        if match.group(1) is not None:
+            out.append(f"<strong>{_inline_html(match.group(1))}</strong>")
+        else:
+            out.append(f"<code>{html.escape(match.group(2))}</code>")
+        last = match.end()
+    out.append(html.escape(text[last:]))
+    return "".join(out)
+
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 0 auto;
+       max-width: 1500px; padding: 1.5em 2em 4em; color: #1d1d1f; line-height: 1.45; }
+h1 { border-bottom: 2px solid #333; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .15em; margin-top: 2em; }
+h3 { margin-top: 1.6em; }
+.scroll { overflow-x: auto; margin: .8em 0 1.2em; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #d0d0d0; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #eef1f5; position: sticky; top: 0; }
+tr:nth-child(even) td { background: #f8f9fb; }
+td:first-child { white-space: nowrap; font-weight: 500; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; height: auto; border: 1px solid #e3e3e3; }
+figcaption { font-size: 14px; color: #444; margin-top: .4em; max-width: 1100px; }
+code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; font-size: 90%; }
+nav ul { columns: 2; font-size: 14px; }
+"""
+
+
+@dataclass
+class Document:
+    """An ordered list of blocks with a title."""
+
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+    def add(self, *blocks: Block) -> None:
+        self.blocks.extend(blocks)
+
+    def table(self, rows: tuple[list[str], list[list[str]]]) -> None:
+        header, body = rows
+        if body:
+            self.add(Table(header, body))
+
+    def to_markdown(self, base: Path) -> str:
+        """Markdown with figures linked relative to ``base`` (the directory report.md is written to)."""
+        lines = [f"# {self.title}", ""]
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                lines += ["#" * block.level + " " + block.text, ""]
+            elif isinstance(block, Paragraph):
+                lines += [block.text, ""]
+            elif isinstance(block, Bullets):
+                lines += [f"- {item}" for item in block.items] + [""]
+            elif isinstance(block, Table):
+
+                def row(cells: list[str]) -> str:
+                    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+                lines += [row(block.header), "|" + "|".join(" --- " for _ in block.header) + "|"]
+                lines += [row(r) for r in block.rows] + [""]
+            elif isinstance(block, Image):
+                rel = os.path.relpath(block.path, base).replace(os.sep, "/")
+                lines += [f"![{block.title}]({rel})", "", f"*{block.caption}*", ""]
+        return "\n".join(lines).rstrip() + "\n"
+
+    def to_html(self) -> str:
+        """One self-contained HTML page: inline CSS, figures as ``data:`` URIs, no scripts, no links out."""
+        toc = [b for b in self.blocks if isinstance(b, Heading) and b.level == 2]
+        parts = [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>",
+            f"<h1>{html.escape(self.title)}</h1>",
+        ]
+        if toc:
+            items = "".join(f'<li><a href="#{_anchor(h.text)}">{_inline_html(h.text)}</a></li>' for h in toc)
+            parts.append(f"<nav><strong>Contents</strong><ul>{items}</ul></nav>")
+        for block in self.blocks:
+            if isinstance(block, Heading):
+                parts.append(
+                    f'<h{block.level} id="{_anchor(block.text)}">{_inline_html(block.text)}</h{block.level}>'
+                )
+            elif isinstance(block, Paragraph):
+                parts.append(f"<p>{_inline_html(block.text)}</p>")
+            elif isinstance(block, Bullets):
+                parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block.items) + "</ul>")
+            elif isinstance(block, Table):
+                head = "".join(f"<th>{_inline_html(c)}</th>" for c in block.header)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in block.rows
+                )
+                parts.append(
+                    f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+                    f"<tbody>{body}</tbody></table></div>"
+                )
+            elif isinstance(block, Image):
+                encoded = base64.b64encode(block.path.read_bytes()).decode("ascii")
+                parts.append(
+                    f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(block.title)}">'
+                    f"<figcaption>{_inline_html(block.caption)}</figcaption></figure>"
+                )
+        parts.append("</body></html>")
+        return "\n".join(parts) + "\n"
+
+
+def _figures(doc: Document, made: tuple[list[figs.FigureFile], list[str]]) -> None:
+    files, skipped = made
+    for f in files:
+        doc.add(Image(f.path, f.title, f.caption))
+    for reason in skipped:
+        doc.add(Paragraph(f"**Figure skipped.** {reason}"))
+
+
+def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
+    status = Counter(r.status for r in data.runs)
+    counts = ", ".join(f"{status.get(s, 0)} {s}" for s in ("finished", "failed", "incomplete", "unreadable"))
+    doc.add(Paragraph(f"Read {len(data.runs)} run directories under `{runs_dir}`: {counts}."))
+    if not data.runs:
+        doc.add(
+            Paragraph(
+                "**No run directories were found** (a run directory holds config.yaml, metrics.csv, "
+                "result.json or error.json). Only the method gallery, which needs no runs, is shown."
+            )
+        )
+    finished = data.finished
+    if finished:
+        models = ", ".join(tab.model_title(m) for m in sorted({r.model for r in finished if r.model}))
+        datasets = ", ".join(tab.dataset_title(d) for d in sorted({r.dataset for r in finished if r.dataset}))
+        methods = sorted({r.pool for r in finished if r.pool}, key=tab.method_order)
+        seeds = ", ".join(str(s) for s in sorted({r.seed for r in finished if r.seed is not None}))
+        devices = Counter(r.device or "unknown" for r in finished)
+        doc.add(
+            Bullets(
+                [
+                    f"Models: {models}; datasets: {datasets}.",
+                    f"Methods: {', '.join(tab.method_title(m) for m in methods)}.",
+                    f"Seeds: {seeds}.",
+                    "Devices: " + ", ".join(f"{d} ({n} runs)" for d, n in sorted(devices.items())) + ".",
+                ]
+            )
+        )
+    variants = sorted({c.variant for c in data.columns if c.variant})
+    if variants:
+        doc.add(
+            Paragraph(
+                "Runs of one model and dataset were trained with different settings; they are kept apart "
+                "as separate columns: " + "; ".join(f"`{v}`" for v in variants) + "."
+            )
+        )
+    level = round(data.confidence * 100)
+    doc.add(
+        Paragraph(
+            "**How to read the statistics.** Accuracy is the last epoch's test top-1 (%), shown as mean ± "
+            "sample standard deviation over seeds (n = seeds). Δ is the method minus max pooling, paired "
+            "by seed (runs with the same seed share data order and augmentation): the mean of the per-seed "
+            f"differences, its {level}% t-interval in brackets, the paired t-test p-value and, in "
+            "parentheses, the Holm-adjusted p-value over the methods of that column. **(inconclusive)**: "
+            "the interval contains 0, so the data cannot tell the method from max. **(not significant "
+            "after Holm)**: the interval excludes 0 but the difference does not survive the correction for "
+            "comparing several methods. With one seed there is no interval at all. See docs/report.md for "
+            "the formulas."
+        )
+    )
+
+
+def _table1(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
+    doc.add(Heading(2, "Table 1: top-1 accuracy by pooling method"))
+    if not data.models:
+        doc.add(Paragraph("No finished runs: Table 1 is empty."))
+        return
+    accuracy_figures = figs.accuracy_figures(data, figure_dir)
+    for model in data.models:
+        doc.add(Heading(3, f"Table 1 ({tab.model_title(model)}): test top-1 (%), best in bold"))
+        doc.table(tab.table1(data, model))
+        columns = [c for c in data.columns if c.model == model]
+        sentences = [s for c in columns if (s := tab.resolution_sentence(data, c))]
+        notes = [n for c in columns for n in data.notes.get(c, [])]
+        for sentence in sentences:
+            doc.add(Paragraph(sentence))
+        if notes:
+            doc.add(Paragraph("**Missing seeds or baselines** (Δ uses only the seeds both methods have):"))
+            doc.add(Bullets(notes))
+        files = [f for f in accuracy_figures[0] if f.path.name == f"fig2_accuracy_{model}.png"]
+        _figures(doc, (files, []))
+    header, rows = tab.variants_table(data)
+    if rows:
+        doc.add(Heading(3, "Other option settings"))
+        doc.add(
+            Paragraph(
+                "Table 1 shows each method at its default options when such runs exist; runs at other "
+                "options that the K × T section does not show are listed here, compared with max the same "
+                "way (their Holm correction is over the option settings of one method)."
+            )
+        )
+        doc.add(Table(header, rows))
+
+
+def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
+    doc.add(Heading(2, "Architecture sensitivity"))
+    _figures(doc, figs.architecture_figure(data, figure_dir))
+
+    doc.add(Heading(2, "Ablation: K × T"))
+    grids = tab.ablation_grids(data)
+    _figures(doc, figs.ablation_figures(data, figure_dir))
+    for column, method, groups in grids:
+        doc.add(
+            Paragraph(
+                f"{tab.method_title(method)}, {column.full_title}: mean test top-1 (%) ± sample std (n "
+                "seeds) per K (rows) and T (columns); best in bold."
+            )
+        )
+        doc.table(tab.ablation_table(data, column, groups))
+
+    doc.add(Heading(2, "Learning curves"))
+    _figures(doc, figs.learning_curve_figures(data, figure_dir))
+
+    doc.add(Heading(2, "Computational overhead"))
+    if data.overhead:
+        excluded = {r.warmup_excluded for r in data.overhead}
+        warmup = {
+            frozenset({"all"}): "The first epoch of every run is left out of the timings as warm-up.",
+            frozenset({"none"}): "No run has more than 2 epochs, so every epoch counts in the timings "
+            "(the first epoch's warm-up is included).",
+        }.get(
+            frozenset(excluded),
+            "The first epoch is left out of the timings as warm-up in runs with more than 2 epochs; "
+            "shorter runs use every epoch.",
+        )
+        doc.add(
+            Paragraph(
+                "Seconds per epoch and images per second are means of metrics.csv's epoch_seconds and "
+                "images_per_second; ×max is the ratio to max pooling's runs on the same model and dataset "
+                "in the same sweep directory (so on the same machine; runs a sweep executes side by side "
+                f"share it, which adds noise). {warmup} Peak memory is the device's peak allocation during "
+                "training (— where the device does not report it)."
+            )
+        )
+        devices = {r.device for r in data.finished}
+        if len(devices) > 1:
+            doc.add(
+                Paragraph(
+                    f"**Runs were measured on different devices** ({', '.join(sorted(map(str, devices)))}): "
+                    "compare timings only within one sweep."
+                )
+            )
+        for model in data.models:
+            doc.add(Heading(3, f"{tab.model_title(model)}: parameters"))
+            doc.table(tab.params_table(data, model))
+            doc.add(Heading(3, f"{tab.model_title(model)}: speed and memory"))
+            doc.table(tab.timing_table(data, model))
+        notes = sorted({f"{r.group.column.full_title}: {r.note}." for r in data.overhead if r.note})
+        if notes:
+            doc.add(Bullets(notes))
+    _figures(doc, figs.overhead_figures(data, figure_dir))
+
+    doc.add(Heading(2, "Shift consistency"))
+    if data.shift:
+        doc.add(
+            Paragraph(
+                "Consistency (Zhang 2019): for every test image two random circular shifts are drawn and "
+                "classified; the percentage of images whose two top-1 classes agree. The accuracy columns "
+                "shift every image by d pixels along both axes. Protocol and its differences from Zhang "
+                "2019: docs/report.md."
+            )
+        )
+        for column in data.columns:
+            header, rows = tab.shift_table(data, column)
+            if rows:
+                doc.add(Heading(3, column.full_title))
+                doc.add(Table(header, rows))
+    _figures(doc, figs.shift_figures(data, figure_dir))
+
+    doc.add(Heading(2, "Learned pooling parameters"))
+    if data.learned:
+        doc.add(
+            Paragraph(
+                "Values of the learnable pooling parameters after training, per pooling layer (1 = nearest "
+                "the input): mean [min, max] over channels and seeds. lambda and m are the weight on max "
+                "(1 = max pooling, 0 = average pooling); threshold is T; p is GeM's exponent."
+            )
+        )
+        for column in data.columns:
+            header, rows = tab.learned_table(data, column)
+            if rows:
+                doc.add(Heading(3, column.full_title))
+                doc.add(Table(header, rows))
+    _figures(doc, figs.learned_figures(data, figure_dir))
+
+
+def _problems(doc: Document, data: tab.ReportData) -> None:
+    doc.add(Heading(2, "Failed, incomplete and unreadable runs"))
+    header, rows = tab.problem_runs_table(data)
+    if rows:
+        doc.add(
+            Paragraph(
+                "These runs are not in the statistics above (except finished runs whose only problem is an "
+                "optional file, which are)."
+            )
+        )
+        doc.add(Table(header, rows))
+    else:
+        doc.add(Paragraph(f"None: all {len(data.runs)} runs finished and were read completely."))
+
+
+def build_report(
+    runs_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, confidence: float = 0.95
+) -> Path:
+    """Read every run directory under ``runs_dir`` and write the report into ``out_dir``.
+
+    Writes ``report.md``, ``report.html`` (self-contained), ``figures/*.png`` and the tables as CSV:
+    ``accuracy.csv`` (one row per model, dataset, variant, method and options), ``runs.csv`` (one row per
+    run directory, every seed's values), ``overhead.csv`` and, when present, ``shift.csv`` and
+    ``learned_parameters.csv``. Broken or unfinished runs are listed in the report, never fatal.
+
+    Returns:
+        the path of ``report.html`` (``report.md`` is beside it).
+
+    Raises:
+        ValueError: ``runs_dir`` is not a directory, or ``confidence`` is not in (0, 1).
+
+    Example:
+        >>> build_report("out/runs", "out/report")  # doctest: +SKIP
+        PosixPath('out/report/report.html')
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), e.g. 0.95; got {confidence!r}")
+    runs_dir = Path(runs_dir)
+    out = Path(out_dir)
+    runs = load_runs(runs_dir)
+    data = tab.collect(runs, confidence)
+    figure_dir = out / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+
+    doc = Document("poolkit report: pooling methods compared")
+    _overview(doc, data, runs_dir)
+    doc.add(Heading(2, "Figure 1: the pooling methods"))
+    gallery = figs.gallery_figure(figure_dir)
+    doc.add(Image(gallery.path, gallery.title, gallery.caption))
+    _table1(doc, data, figure_dir)
+    _sections(doc, data, figure_dir)
+    _problems(doc, data)
+    files = tab.write_tables(data, out)
+    doc.add(Heading(2, "Files"))
+    doc.add(
+        Bullets(
+            [f"`{p.name}`: {_FILE_NOTES[name]}" for name, p in files.items()]
+            + ["`figures/`: every figure as PNG."]
+        )
+    )
+
+    tab.write_atomic(out / "report.md", doc.to_markdown(out))
+    return tab.write_atomic(out / "report.html", doc.to_html())
+
+
+_FILE_NOTES = {
+    "accuracy": "one row per model, dataset, variant, method and options: mean, std, n, Δ, paired CI, p, "
+    "Holm p",
+    "runs": "one row per run directory with every seed's values and its status",
+    "overhead": "parameters, timing and memory per method, with ratios to max",
+    "shift": "shift consistency and accuracy by shift per method",
+    "learned": "learned pooling parameters per method, layer and parameter",
+}
