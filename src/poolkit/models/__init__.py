@@ -128,7 +128,9 @@ def create_model(
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise ValueError(f"in_channels must be a positive int (3 for RGB, 1 for grayscale), got {in_channels!r}")
+        raise ValueError(
+            f"in_channels must be a positive int (3 for RGB, 1 for grayscale), got {in_channels!r}"
+        )
     check_width(width)
     if head not in ("linear", "mlp"):
         raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")

@@ -11,7 +11,7 @@ from poolkit.registry import PoolFactory, create_global_pool, pool_options
 
 __all__ = [
     "ClassifierHead",
-        "check_pool",
+    "check_pool",
     "check_width",
     "conv2d",
     "scale_width",
@@ -30,7 +30,7 @@ def scale_width(channels: int, width: float) -> int:
         >>> scale_width(64, 0.125), scale_width(12, 0.125), scale_width(64, 0.001)
         (8, 2, 1)
     """
-    return max(1, int(math.floor(channels * width + 0.5)))
+    return max(1, math.floor(channels * width + 0.5))
 
 
 def check_width(width: float) -> float:
@@ -71,7 +71,7 @@ class ClassifierHead(nn.Module):
     Args:
         channels: channels of the last feature map.
         num_classes: number of outputs.
-        global_pool: a method name for :func:`poolkit.create_global_pool` (``"avg"``, ``"max"``, ``"gem"``...).
+        global_pool: a method for :func:`poolkit.create_global_pool` (``"avg"``, ``"max"``, ``"gem"``...).
         kind: ``"linear"`` or ``"mlp"``.
         hidden: width of the MLP's hidden layers (ignored for ``"linear"``).
 
@@ -108,4 +108,3 @@ class ClassifierHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.pool(x))
-

@@ -130,7 +130,7 @@ class ResNet(nn.Module):
             )
         else:
             raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
-        for s, (count, base) in enumerate(zip(blocks, _STAGE_CHANNELS), start=1):
+        for s, (count, base) in enumerate(zip(blocks, _STAGE_CHANNELS, strict=True), start=1):
             out = scale_width(base, width)
             stride = 1 if s == 1 else 2
             layer = [BasicBlock(channels, out, stride)] + [BasicBlock(out, out) for _ in range(count - 1)]

@@ -1,0 +1,33 @@
+"""Training: one run from a :class:`RunConfig` to a run directory, resumable, optionally data-parallel.
+
+* :class:`RunConfig` (``config.py``): the validated run config; ``run_id()`` names a run.
+* :func:`train_run` (``engine.py``): trains one run and writes config.yaml, env.json, metrics.csv,
+  checkpoint.pt and result.json; :func:`load_run` reads the trained model back.
+* ``checkpoint.py``: atomic writes and RNG capture; ``distributed.py``: torchrun/DDP;
+  ``cli.py``: ``poolkit train``.
+
+See ``docs/training.md`` for the protocol and the guarantees (resume, determinism).
+"""
+
+from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file, yaml_scalar
+from poolkit.train.engine import (
+    METRIC_COLUMNS,
+    VAL_COLUMNS,
+    WarmupCosine,
+    describe_pools,
+    load_run,
+    train_run,
+)
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "NON_RESULT_KEYS",
+    "VAL_COLUMNS",
+    "RunConfig",
+    "WarmupCosine",
+    "describe_pools",
+    "load_config_file",
+    "load_run",
+    "train_run",
+    "yaml_scalar",
+]
