@@ -19,6 +19,19 @@ K_METHODS = ["tmaxavg", "soft_tmaxavg", "learnable_t"]
 CHANNELS = 4
 
 
+def reseed(value: int) -> None:
+    """Seed torch's global CPU generator (what the pools draw from on CPU).
+
+    ``torch.manual_seed`` also queues a CUDA seeding call with a formatted stack trace each time CUDA
+    is not initialised, which makes thousands of calls (gradcheck's) slow; this seeds the same CPU
+    generator without that. With CUDA available it seeds everything.
+    """
+    if torch.cuda.is_available():
+        torch.manual_seed(value)
+    else:
+        torch.random.default_generator.manual_seed(value)
+
+
 def options_for(name: str, kernel_size: Any) -> dict[str, Any]:
     """Options that keep a method valid for any window: K is clipped to the window's area."""
     if name in K_METHODS:
@@ -40,7 +53,7 @@ def build(
     **options: Any,
 ) -> nn.Module:
     """A pool with reproducible initial weights (the seed fixes the conv parts' init)."""
-    torch.manual_seed(seed)
+    reseed(seed)
     opts = {**options_for(name, kernel_size), **options}
     return poolkit.create_pool(name, kernel_size, stride, padding, dilation, ceil_mode, channels=channels, **opts)
 

@@ -9,7 +9,17 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pools import ALL_POOLS, BLENDS, CHANNELS, STOCHASTIC, WEIGHTED_AVERAGES, build, geometry_kwargs, perturb
+from pools import (
+    ALL_POOLS,
+    BLENDS,
+    CHANNELS,
+    STOCHASTIC,
+    WEIGHTED_AVERAGES,
+    build,
+    geometry_kwargs,
+    perturb,
+    reseed,
+)
 from torch import nn
 
 import poolkit
@@ -92,7 +102,7 @@ def _gradcheck_module(name: str, module: nn.Module, x: torch.Tensor, *, include_
     params = [p.detach().clone().requires_grad_() for n, p in module.named_parameters() if n in names]
 
     def f(inp, *ps):
-        torch.manual_seed(1234)  # stochastic methods draw the same numbers on every call
+        reseed(1234)  # stochastic methods draw the same numbers on every call
         return torch.func.functional_call(module, dict(zip(names, ps)), (inp,))
 
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3), name
