@@ -1,0 +1,227 @@
+"""The ``poolkit`` command: one sub-command per job, each living in the module that owns the work.
+
+=========== ================================== =====================================================
+command     module                             does
+=========== ================================== =====================================================
+train       :mod:`poolkit.train.cli`           train one model into a run directory
+sweep       :mod:`poolkit.experiments.cli`     run a grid of runs (local worker processes or SLURM)
+reproduce   :mod:`poolkit.experiments.cli`     run a preset sweep, then write its report
+report      :mod:`poolkit.report.cli`          tables, figures and statistics of a runs directory
+shift       :mod:`poolkit.analysis.cli`        translation-invariance probe of a trained run
+bench       :mod:`poolkit.bench`               speed of every pool relative to native max pooling
+list        here                               pools, models, datasets and presets
+=========== ================================== =====================================================
+
+Each module exposes ``add_arguments(parser)`` and ``main(args) -> int``. Only the module of the
+command being run is imported, so ``poolkit --help`` stays fast and a command whose module is missing
+fails alone, with a message, instead of breaking the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+
+__all__ = ["COMMANDS", "CommandUnavailable", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class _Command:
+    module: str
+    help: str
+    add_arguments: str = "add_arguments"
+    main: str = "main"
+
+
+#: Sub-command name -> where it lives and its one-line help.
+COMMANDS: dict[str, _Command] = {
+    "train": _Command("poolkit.train.cli", "train one model into a run directory"),
+    "sweep": _Command(
+        "poolkit.experiments.cli", "run a grid of training runs (local worker processes or SLURM)"
+    ),
+    "reproduce": _Command(
+        "poolkit.experiments.cli",
+        "reproduce an experiment: run a preset sweep, then write its report",
+        "add_reproduce_arguments",
+        "reproduce_main",
+    ),
+    "report": _Command(
+        "poolkit.report.cli", "write the report (tables, figures, statistics) of a runs directory"
+    ),
+    "shift": _Command("poolkit.analysis.cli", "measure the translation invariance of a trained run"),
+    "bench": _Command("poolkit.bench", "time every pool against native max pooling"),
+    "list": _Command(
+        "poolkit.cli", "list pools, models, datasets and presets", "_add_list_arguments", "_list_main"
+    ),
+}
+
+
+class CommandUnavailable(Exception):
+    """The module of a sub-command is not part of this installation."""
+
+
+def _load(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
+    command = COMMANDS[name]
+    try:
+        module: ModuleType = importlib.import_module(command.module)
+    except ModuleNotFoundError as exc:
+        # Only the command's own module (or a package above it) missing means "not available"; a
+        # missing third-party dependency inside it is a real error and keeps its traceback.
+        if exc.name is None or not command.module.startswith(exc.name):
+            raise
+        raise CommandUnavailable(
+            f"the '{name}' command is not available in this installation: its module {command.module} "
+            f"cannot be found ({exc})"
+        ) from None
+    try:
+        return getattr(module, command.add_arguments), getattr(module, command.main)
+    except AttributeError as exc:
+        raise CommandUnavailable(
+            f"the '{name}' command is not available: {command.module} lacks {exc.name}()"
+        ) from None
+
+
+def _version() -> str:
+    from poolkit import __version__
+
+    return f"poolkit {__version__}"
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``poolkit`` parser; only ``command``'s arguments are added (its module is imported).
+
+    Raises:
+        CommandUnavailable: ``command``'s module is not installed.
+    """
+    parser = argparse.ArgumentParser(
+        prog="poolkit",
+        description="Pooling layers for CNNs, and the harness that measures which one to use.",
+        epilog="Run 'poolkit COMMAND --help' for a command's options. "
+        "Start with: poolkit reproduce --preset quick",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, spec in COMMANDS.items():
+        child = sub.add_parser(name, help=spec.help, description=spec.help)
+        if name == command:
+            add_arguments, run = _load(name)
+            add_arguments(child)
+            child.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``poolkit`` command (and ``python -m poolkit``); returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    command = args_list[0] if args_list and args_list[0] in COMMANDS else None
+    try:
+        parser = build_parser(command)
+    except CommandUnavailable as exc:
+        print(f"poolkit: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("poolkit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `poolkit list pools | head`
+        return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# poolkit list
+
+
+_LIST_WHAT = ("pools", "models", "datasets", "presets")
+
+
+def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", nargs="?", choices=_LIST_WHAT, help="what to list (default: everything)")
+    parser.add_argument(
+        "--family", choices=("classic", "study", "literature"), help="pools: only this family"
+    )
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _list_pools(family: str | None) -> str:
+    import poolkit
+    from poolkit.registry import pool_options
+
+    channels = 64
+    rows = [["name", "family", "title", f"params@{channels}ch", "stochastic", "options (defaults)"]]
+    for name in poolkit.list_pools(family):  # type: ignore[arg-type]
+        spec = poolkit.get_pool_spec(name)
+        layer = poolkit.create_pool(name, 2, channels=channels)
+        params = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+        options = ", ".join(f"{k}={v}" for k, v in pool_options(name).items()) or "-"
+        rows.append([name, spec.family, spec.title, str(params), "yes" if spec.stochastic else "no", options])
+    note = (
+        f"params@{channels}ch: learnable parameters of one 2x2 layer on {channels} channels "
+        "(0 = a fixed operator). Families: classic, study (the adaptive-pooling study's 8), literature."
+    )
+    return _table(rows) + "\n\n" + note
+
+
+def _list_models() -> str:
+    from torch import nn
+
+    from poolkit.layers import GlobalPool2d, Pool2d
+    from poolkit.models import create_model, list_models
+
+    rows = [["name", "downsampling pools"]]
+    for name in list_models():
+        counts = []
+        for stem in ("cifar", "imagenet") if name.startswith("resnet") else ("cifar",):
+            model: nn.Module = create_model(name, 10, width=0.0625, stem=stem)
+            # A global pool wraps a Pool2d of its own: count only the downsampling ones.
+            modules = list(model.modules())
+            n = sum(isinstance(m, Pool2d) for m in modules) - sum(
+                isinstance(m, GlobalPool2d) for m in modules
+            )
+            counts.append(f"{n} (stem {stem})" if name.startswith("resnet") else str(n))
+        rows.append([name, ", ".join(counts)])
+    return _table(rows) + "\n\nThe global pool of the head (global_pool, default avg) is not counted."
+
+
+def _list_datasets() -> str:
+    from poolkit.data import list_datasets
+
+    return "\n".join(list_datasets())
+
+
+def _list_presets() -> str:
+    from poolkit.experiments.config import list_presets, load_preset
+
+    rows = [["name", "runs", "description"]]
+    for name in list_presets():
+        sweep = load_preset(name, allow_missing_data_dir=True)
+        rows.append([name, str(sweep.size), " ".join((sweep.description or "").split())])
+    return _table(rows) + "\n\nRun one with: poolkit reproduce --preset NAME (see docs/experiments.md)"
+
+
+def _list_main(args: argparse.Namespace) -> int:
+    sections: dict[str, Callable[[], str]] = {
+        "pools": lambda: _list_pools(args.family),
+        "models": _list_models,
+        "datasets": _list_datasets,
+        "presets": _list_presets,
+    }
+    chosen = [args.what] if args.what else list(_LIST_WHAT)
+    blocks: list[str] = []
+    for what in chosen:
+        text = sections[what]()
+        blocks.append(text if len(chosen) == 1 else f"== {what} ==\n{text}")
+    print("\n\n".join(blocks))
+    return 0

@@ -1,0 +1,60 @@
+"""The experiment harness: sweeps of training runs, their launchers, presets and ``poolkit reproduce``.
+
+* :mod:`~poolkit.experiments.config`: the sweep YAML schema and its validation
+  (:func:`load_sweep`, :func:`load_preset`, :func:`list_presets`).
+* :mod:`~poolkit.experiments.sweep`: grid expansion into runs (:func:`expand_sweep`), what is left to
+  do (:func:`plan_runs`) and :func:`run_sweep`.
+* :mod:`~poolkit.experiments.launchers`: ``local`` (worker processes) and ``slurm`` (submitit).
+* :mod:`~poolkit.experiments.cli`: ``poolkit sweep`` and ``poolkit reproduce``.
+
+Example:
+    >>> from poolkit.experiments import expand_sweep, load_preset
+    >>> [run.method for run in expand_sweep(load_preset("quick"))][:3]
+    ['max', 'avg', 'tmaxavg']
+
+See ``docs/experiments.md`` for the schema, the launchers and the presets.
+"""
+
+from poolkit.experiments.config import (
+    LocalOptions,
+    Override,
+    PoolEntry,
+    SlurmOptions,
+    SweepConfig,
+    SweepConfigError,
+    list_presets,
+    load_preset,
+    load_sweep,
+    preset_path,
+)
+from poolkit.experiments.sweep import (
+    PlannedRun,
+    RunOutcome,
+    RunSpec,
+    SweepResult,
+    expand_sweep,
+    plan_runs,
+    results_table,
+    run_sweep,
+)
+
+__all__ = [
+    "LocalOptions",
+    "Override",
+    "PlannedRun",
+    "PoolEntry",
+    "RunOutcome",
+    "RunSpec",
+    "SlurmOptions",
+    "SweepConfig",
+    "SweepConfigError",
+    "SweepResult",
+    "expand_sweep",
+    "list_presets",
+    "load_preset",
+    "load_sweep",
+    "plan_runs",
+    "preset_path",
+    "results_table",
+    "run_sweep",
+]
