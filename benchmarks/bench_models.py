@@ -16,7 +16,9 @@ import sys
 from poolkit import bench
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     bench.add_arguments(parser)
     args = parser.parse_args(["--level", "model", *sys.argv[1:]])
     sys.exit(bench.main(args))

@@ -55,7 +55,9 @@ def build(
     """A pool with reproducible initial weights (the seed fixes the conv parts' init)."""
     reseed(seed)
     opts = {**options_for(name, kernel_size), **options}
-    return poolkit.create_pool(name, kernel_size, stride, padding, dilation, ceil_mode, channels=channels, **opts)
+    return poolkit.create_pool(
+        name, kernel_size, stride, padding, dilation, ceil_mode, channels=channels, **opts
+    )
 
 
 def perturb(module: nn.Module, seed: int = 1) -> nn.Module:

@@ -13,7 +13,7 @@ from poolkit import bench
 
 def test_layer_bench_reports_ratios_to_max_for_every_pool(tmp_path):
     results = bench.bench_layers(poolkit.list_pools(), [(2, 4, 8, 8)], min_run_time=0.001, device="cpu")
-    assert [r.pool for r in results][0] == "max"
+    assert results[0].pool == "max"
     assert sorted(r.pool for r in results) == poolkit.list_pools()
     assert results[0].ratio == 1.0
     for r in results:

@@ -22,6 +22,8 @@ MODULES = [
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"torch": __import__("torch")})
+    result = doctest.testmod(
+        module, optionflags=doctest.NORMALIZE_WHITESPACE, extraglobs={"torch": __import__("torch")}
+    )
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {name}"
     assert result.attempted > 0 or name == "poolkit.layers"

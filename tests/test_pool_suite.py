@@ -9,6 +9,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from torch import nn
+
+import poolkit
+from poolkit.layers.windows import PoolGeometry, min_window_count
 from pools import (
     ALL_POOLS,
     BLENDS,
@@ -20,10 +24,6 @@ from pools import (
     perturb,
     reseed,
 )
-from torch import nn
-
-import poolkit
-from poolkit.layers.windows import PoolGeometry, min_window_count
 
 GRID = [
     (k, s, p, d, c)
@@ -103,7 +103,7 @@ def _gradcheck_module(name: str, module: nn.Module, x: torch.Tensor, *, include_
 
     def f(inp, *ps):
         reseed(1234)  # stochastic methods draw the same numbers on every call
-        return torch.func.functional_call(module, dict(zip(names, ps)), (inp,))
+        return torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (inp,))
 
     assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3), name
 
@@ -401,7 +401,10 @@ def test_global_form(name):
 
 def test_global_pool_names_required_by_the_harness():
     for name in ("avg", "max", "gem", "channel_adaptive", "stochastic_mix", "attention"):
-        assert poolkit.create_global_pool(name, channels=8, flatten=True)(torch.rand(3, 8, 4, 4)).shape == (3, 8)
+        assert poolkit.create_global_pool(name, channels=8, flatten=True)(torch.rand(3, 8, 4, 4)).shape == (
+            3,
+            8,
+        )
 
 
 def test_registry_lists_every_method_sorted_with_the_issue_names():

@@ -55,7 +55,8 @@ def test_worked_example(name, expected):
 def test_literal_numbers_of_the_worked_example():
     """The same numbers as printed in docs/methods.md, to 6 decimals."""
     literal = {
-        "lp": 0.339116, "soft_tmaxavg": 0.187754, "stochastic": 0.191667, "softpool": 0.156239, "gem": 0.183586,
+        "lp": 0.339116, "soft_tmaxavg": 0.187754, "stochastic": 0.191667,
+        "softpool": 0.156239, "gem": 0.183586,
     }  # fmt: skip
     for name, value in literal.items():
         assert round(WORKED_EXAMPLE[name], 6) == value, name
@@ -75,7 +76,7 @@ def test_attention_with_chosen_weights():
         pool.hidden.weight[0, 0] = 1.0
         pool.score.weight[0, 0] = 1.0
     a = [sigmoid(v) for v in VALUES]  # 0.524979, 0.549834, 0.512497, 0.562177
-    expected = sum(v * w for v, w in zip(VALUES, a)) / (sum(a) + 1e-6)  # 0.152889
+    expected = sum(v * w for v, w in zip(VALUES, a, strict=True)) / (sum(a) + 1e-6)  # 0.152889
     assert pool(X).item() == pytest.approx(expected, abs=1e-6)
     assert round(expected, 6) == 0.152889
     assert pool.hidden.out_channels == 8  # max(C // reduction, 8) with C = 1
@@ -97,7 +98,7 @@ def test_lip_with_identity_logit_conv():
     var = sum((v - mean) ** 2 for v in VALUES) / 4  # 0.00625
     logits = [12 * sigmoid((v - mean) / math.sqrt(var + 1e-5)) for v in VALUES]
     weights = [math.exp(lg) for lg in logits]
-    expected = sum(v * w for v, w in zip(VALUES, weights)) / sum(weights)
+    expected = sum(v * w for v, w in zip(VALUES, weights, strict=True)) / sum(weights)
     assert pool(X).item() == pytest.approx(expected, rel=1e-5)
     assert 0.15 < expected < 0.25  # importance favours the larger cells
 
@@ -190,7 +191,7 @@ def test_stochastic_pool_samples_with_relu_probabilities():
     x = X.expand(20000, 1, 2, 2)
     torch.manual_seed(0)
     y = PF.stochastic_pool2d(x, 2, training=True).flatten()
-    for value, p in zip(VALUES, [0.1 / 0.6, 0.2 / 0.6, 0.05 / 0.6, 0.25 / 0.6]):
+    for value, p in zip(VALUES, [0.1 / 0.6, 0.2 / 0.6, 0.05 / 0.6, 0.25 / 0.6], strict=True):
         assert (y == value).float().mean().item() == pytest.approx(p, abs=0.015)
     assert set(y.tolist()) <= set(torch.tensor(VALUES).tolist())
 

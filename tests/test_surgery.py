@@ -40,7 +40,10 @@ def test_every_maxpool_is_replaced_and_shapes_hold(name):
     x = torch.randn(2, 3, 17, 15)
     reference = [m for m in net.modules() if isinstance(m, nn.MaxPool2d)]
     shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, k=k: shapes.__setitem__(k, o.shape)) for k, m in enumerate(reference)]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o, k=k: shapes.__setitem__(k, o.shape))
+        for k, m in enumerate(reference)
+    ]
     net(x)
     for h in hooks:
         h.remove()
@@ -48,7 +51,7 @@ def test_every_maxpool_is_replaced_and_shapes_hold(name):
     poolkit.swap_pooling(net, name, example_input=x, **options)
     pools = [m for m in net.modules() if isinstance(m, Pool2d)]
     assert len(pools) == 3 and not any(isinstance(m, nn.MaxPool2d) for m in net.modules())
-    for k, (old, new) in enumerate(zip(reference, pools)):
+    for k, (old, new) in enumerate(zip(reference, pools, strict=True)):
         assert new.kernel_size == nn.modules.utils._pair(old.kernel_size)
         assert new.stride == nn.modules.utils._pair(old.stride)
         assert new.padding == nn.modules.utils._pair(old.padding)
@@ -63,7 +66,9 @@ def test_every_maxpool_is_replaced_and_shapes_hold(name):
         net.eval()(x)
         handle.remove()
         assert captured["shape"] == shapes[k]
-    assert [p.channels for p in pools] == ([8, 16, 12] if poolkit.get_pool_spec(name).needs_channels else [None] * 3)
+    assert [p.channels for p in pools] == (
+        [8, 16, 12] if poolkit.get_pool_spec(name).needs_channels else [None] * 3
+    )
 
 
 def test_returns_the_same_model_and_reaches_nested_modules():
@@ -113,7 +118,9 @@ def test_targets_other_classes_and_factories():
     net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.AvgPool2d(2), nn.MaxPool2d(2))
     poolkit.swap_pooling(net, functools.partial(TMaxAvgPool, k=2), targets=(nn.AvgPool2d,))
     assert isinstance(net[1], TMaxAvgPool) and net[1].k == 2 and isinstance(net[2], nn.MaxPool2d)
-    poolkit.swap_pooling(net, GatedPool, targets=(TMaxAvgPool, nn.MaxPool2d), example_input=torch.randn(1, 3, 8, 8))
+    poolkit.swap_pooling(
+        net, GatedPool, targets=(TMaxAvgPool, nn.MaxPool2d), example_input=torch.randn(1, 3, 8, 8)
+    )
     assert isinstance(net[1], GatedPool) and isinstance(net[2], GatedPool)
 
 

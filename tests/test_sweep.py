@@ -328,7 +328,8 @@ def test_paper_preset_is_the_study_protocol(tmp_path):
             0.9,
             5e-4,
         )
-        assert c["amp"] is True and c["seed"] in (0, 1, 2) and c["width"] == 1.0 and c["pool_options"] == {}
+        assert c["amp"] is True and c["seed"] in (0, 1, 2) and c["width"] == 1.0
+        assert c["pool_options"] == poolkit.pool_options(c["pool"])  # each method at its defaults
         assert c["stem"] == ("imagenet" if c["model"] == "resnet18" else "cifar")
 
 

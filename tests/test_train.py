@@ -204,7 +204,11 @@ def test_cli_run_with_cpu_bfloat16_amp_validation_split_and_shift_eval(
     assert probed == [run]
 
     result = json.loads((run / "result.json").read_text())
-    assert result["amp"] is True and result["amp_dtype"] == "bfloat16" and result["pool_options"] == {"k": 2}
+    assert (
+        result["amp"] is True
+        and result["amp_dtype"] == "bfloat16"
+        and result["pool_options"] == {"k": 2, "threshold": 0.3}
+    )
     assert result["val_top1"] is not None
     columns, rows = read_metrics(run)
     assert tuple(columns) == (*METRIC_COLUMNS, "val_loss", "val_top1") and len(rows) == 1

@@ -103,7 +103,7 @@ def test_every_registered_pool_and_its_default_options_are_accepted() -> None:
 def test_pool_options_are_checked_against_the_models_real_window() -> None:
     # k=9 does not fit VGG's 2x2 window but fits the ResNet ImageNet stem's 3x3 one.
     cfg = {**BASE, "model": "resnet18", "stem": "imagenet", "pool": "tmaxavg", "pool_options": {"k": 9}}
-    assert RunConfig.from_dict(cfg).pool_options == {"k": 9}
+    assert RunConfig.from_dict(cfg).pool_options == {"k": 9, "threshold": 0.3}  # defaults filled in
 
 
 def test_yaml_scalars_read_floats_without_a_dot() -> None:
@@ -177,3 +177,11 @@ def test_cli_rejects_malformed_pool_opt() -> None:
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0, name
+
+
+def test_pool_options_are_resolved_so_spelled_out_defaults_share_a_run_id():
+    plain = RunConfig.from_dict({**BASE, "pool": "tmaxavg"})
+    spelled = RunConfig.from_dict({**BASE, "pool": "tmaxavg", "pool_options": {"k": 4, "threshold": 0.3}})
+    other = RunConfig.from_dict({**BASE, "pool": "tmaxavg", "pool_options": {"k": 2}})
+    assert plain.pool_options == {"k": 4, "threshold": 0.3}
+    assert plain.run_id() == spelled.run_id() != other.run_id()

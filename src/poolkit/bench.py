@@ -31,7 +31,16 @@ import poolkit
 
 __all__ = ["BenchResult", "add_arguments", "bench_layers", "bench_models", "main"]
 
-STUDY = ["max", "tmaxavg", "soft_tmaxavg", "channel_adaptive", "learnable_t", "gated", "attention", "stochastic_mix"]
+STUDY = [
+    "max",
+    "tmaxavg",
+    "soft_tmaxavg",
+    "channel_adaptive",
+    "learnable_t",
+    "gated",
+    "attention",
+    "stochastic_mix",
+]
 
 
 @dataclass
@@ -70,7 +79,9 @@ def _resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu")
+        raise ValueError(
+            "--device cuda was asked for but torch.cuda.is_available() is False; use --device cpu"
+        )
     return device
 
 
@@ -120,7 +131,7 @@ def bench_layers(
 
             else:
 
-                def step(module=module) -> None:
+                def step(module=module, x=x) -> None:
                     with torch.no_grad():
                         module(x)
 
@@ -173,7 +184,9 @@ def bench_models(
     results: list[BenchResult] = []
     for name in names:
         torch.manual_seed(0)
-        net = create_model(model, num_classes, pool=name, width=width, in_channels=in_channels).to(dev).train()
+        net = (
+            create_model(model, num_classes, pool=name, width=width, in_channels=in_channels).to(dev).train()
+        )
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
@@ -271,7 +284,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile each layer first (layer level)")
     parser.add_argument("--model", default="vgg16", help="model for --level model (default vgg16)")
     parser.add_argument("--width", type=float, default=1.0, help="model width multiplier (default 1.0)")
-    parser.add_argument("--batch-size", type=int, default=None, help="model batch size (default 128 GPU, 32 CPU)")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="model batch size (default 128 GPU, 32 CPU)"
+    )
     parser.add_argument("--image-size", type=int, default=32, help="model input size (default 32)")
     parser.add_argument("--amp", action="store_true", help="autocast for --level model (fp16 CUDA, bf16 CPU)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")

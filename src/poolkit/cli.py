@@ -196,9 +196,14 @@ def _list_models() -> str:
 
 
 def _list_datasets() -> str:
-    from poolkit.data import list_datasets
+    from poolkit.data import dataset_info, list_datasets
 
-    return "\n".join(list_datasets())
+    rows = [["name", "data_dir", "download"]]
+    for name in list_datasets():
+        info = dataset_info(name)
+        where = info.hint if info.needs_data_dir else "not needed (embedded or generated)"
+        rows.append([name, where, "yes" if info.downloadable else "no"])
+    return _table(rows)
 
 
 def _list_presets() -> str:

@@ -11,7 +11,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from torch import nn
 
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 Family = Literal["classic", "study", "literature"]
-PoolFactory = Union[str, type[nn.Module], functools.partial]
+PoolFactory = str | type[nn.Module] | functools.partial
 _GEOMETRY_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "channels", "device", "dtype")
 
 

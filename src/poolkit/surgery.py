@@ -15,7 +15,9 @@ __all__ = ["find_pools", "swap_pooling"]
 _POOL_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
 
 
-def find_pools(model: nn.Module, targets: Iterable[type[nn.Module]] = (nn.MaxPool2d,)) -> list[tuple[str, nn.Module]]:
+def find_pools(
+    model: nn.Module, targets: Iterable[type[nn.Module]] = (nn.MaxPool2d,)
+) -> list[tuple[str, nn.Module]]:
     """The ``(qualified name, module)`` pairs of ``model`` that are instances of ``targets``."""
     targets = tuple(targets)
     return [(name, m) for name, m in model.named_modules() if name and isinstance(m, targets)]

@@ -14,14 +14,16 @@ Example:
 from poolkit.data.augment import crop_at, flip_where, normalize, random_crop, random_flip
 from poolkit.data.base import DatasetSplits, ImageSplit, channel_stats
 from poolkit.data.loader import TensorLoader
-from poolkit.data.registry import list_datasets, load_dataset
+from poolkit.data.registry import DatasetInfo, dataset_info, list_datasets, load_dataset
 
 __all__ = [
+    "DatasetInfo",
     "DatasetSplits",
     "ImageSplit",
     "TensorLoader",
     "channel_stats",
     "crop_at",
+    "dataset_info",
     "flip_where",
     "list_datasets",
     "load_dataset",

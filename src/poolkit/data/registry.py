@@ -14,11 +14,13 @@ from poolkit.data.mnist import load_mnist5k
 from poolkit.data.synthetic import load_synthetic
 from poolkit.data.tinyimagenet import load_tinyimagenet
 
-__all__ = ["list_datasets", "load_dataset"]
+__all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_dataset"]
 
 
 @dataclass(frozen=True)
-class _DatasetSpec:
+class DatasetInfo:
+    """What a dataset needs: ``data_dir`` (and what to pass there), whether it can be downloaded."""
+
     load: Callable[..., DatasetSplits]
     needs_data_dir: bool
     downloadable: bool
@@ -27,39 +29,37 @@ class _DatasetSpec:
     hint: str = ""
 
 
-_DATASETS: dict[str, _DatasetSpec] = {
-    "cifar10": _DatasetSpec(
+_DATASETS: dict[str, DatasetInfo] = {
+    "cifar10": DatasetInfo(
         load_cifar10,
         needs_data_dir=True,
         downloadable=True,
         stats_from_train=False,
         hint="the extracted cifar-10-batches-py folder or its parent (or pass download=True)",
     ),
-    "cifar100": _DatasetSpec(
+    "cifar100": DatasetInfo(
         load_cifar100,
         needs_data_dir=True,
         downloadable=True,
         stats_from_train=False,
         hint="the extracted cifar-100-python folder or its parent (or pass download=True)",
     ),
-    "tinyimagenet": _DatasetSpec(
+    "tinyimagenet": DatasetInfo(
         load_tinyimagenet,
         needs_data_dir=True,
         downloadable=False,
         stats_from_train=False,
         hint="the extracted tiny-imagenet-200 folder or its parent",
     ),
-    "imagefolder": _DatasetSpec(
+    "imagefolder": DatasetInfo(
         load_imagefolder,
         needs_data_dir=True,
         downloadable=False,
         stats_from_train=True,
         hint="a folder with train/<class>/ and test/<class>/ (or val/<class>/) image folders",
     ),
-    "mnist5k": _DatasetSpec(load_mnist5k, needs_data_dir=False, downloadable=False, stats_from_train=True),
-    "synthetic": _DatasetSpec(
-        load_synthetic, needs_data_dir=False, downloadable=False, stats_from_train=True
-    ),
+    "mnist5k": DatasetInfo(load_mnist5k, needs_data_dir=False, downloadable=False, stats_from_train=True),
+    "synthetic": DatasetInfo(load_synthetic, needs_data_dir=False, downloadable=False, stats_from_train=True),
 }
 
 
@@ -71,6 +71,19 @@ def list_datasets() -> list[str]:
         ['cifar10', 'cifar100', 'imagefolder', 'mnist5k', 'synthetic', 'tinyimagenet']
     """
     return sorted(_DATASETS)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a dataset name; ``ValueError`` listing the valid names otherwise.
+
+    Example:
+        >>> dataset_info("cifar100").needs_data_dir, dataset_info("mnist5k").needs_data_dir
+        (True, False)
+    """
+    info = _DATASETS.get(name) if isinstance(name, str) else None
+    if info is None:
+        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    return info
 
 
 def load_dataset(
@@ -107,9 +120,7 @@ def load_dataset(
         >>> len(data.train), len(data.val), len(data.test)
         (3600, 400, 1000)
     """
-    spec = _DATASETS.get(name) if isinstance(name, str) else None
-    if spec is None:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    spec = dataset_info(name)
     if (
         isinstance(val_fraction, bool)
         or not isinstance(val_fraction, (int, float))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poolkit.layers.base import Pool2d, Size2, check_positive, prepare
+from poolkit.layers.base import Pool2d, Size2, prepare
 from poolkit.layers.windows import (
     PoolGeometry,
     min_window_count,
@@ -61,7 +61,7 @@ def attention_pool2d(
     bias2: Tensor,
     eps: float = 1e-6,
 ) -> Tensor:
-    """Attention-Weighted pooling: ``a = sigmoid(W2 ReLU(W1 x + b1) + b2)``, ``y = sum_R(x a) / (sum_R(a) + eps)``.
+    """Attention-Weighted: ``a = sigmoid(W2 ReLU(W1 x + b1) + b2)``, ``y = sum_R(x a) / (sum_R(a) + eps)``.
 
     ``weight1`` (h, C, 1, 1), ``bias1`` (h,), ``weight2`` (1, h, 1, 1), ``bias2`` (1,): two 1x1
     convolutions computing one attention map shared by all channels.
@@ -121,7 +121,9 @@ def soft_pool2d(
 _LIP_GATE = 12.0  # Gao et al.'s soft gate: logits = 12 * sigmoid(.) keeps exp(logit) in [1, e^12]
 
 
-def _lip_logits(x: Tensor, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float) -> Tensor:
+def _lip_logits(
+    x: Tensor, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float
+) -> Tensor:
     h = F.conv2d(x, conv_weight.to(x.dtype), padding=conv_weight.shape[-1] // 2)
     # Affine instance norm written out (F.group_norm refuses 1x1 maps; here they normalise to the bias).
     var, mean = torch.var_mean(h, dim=(-2, -1), keepdim=True, correction=0)

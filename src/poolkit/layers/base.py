@@ -38,7 +38,12 @@ def check_positive(value: float, name: str, method: str) -> float:
     if isinstance(value, Tensor):
         ok = bool(torch.isfinite(value).all() and (value > 0).all())
     else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and value < float("inf")
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value > 0
+            and value < float("inf")
+        )
     if not ok:
         raise ValueError(f"{method}: {name} must be a positive number, got {value!r}")
     return value
@@ -105,7 +110,9 @@ class Pool2d(nn.Module):
             self.geometry: PoolGeometry | None = None
         else:
             self.geometry = PoolGeometry.create(kernel_size, stride, padding, dilation, ceil_mode)
-        if channels is not None and (isinstance(channels, bool) or not isinstance(channels, int) or channels < 1):
+        if channels is not None and (
+            isinstance(channels, bool) or not isinstance(channels, int) or channels < 1
+        ):
             raise ValueError(f"{name}: channels must be a positive int, got {channels!r}")
         if self.needs_channels and channels is None:
             raise ValueError(

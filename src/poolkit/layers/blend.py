@@ -94,7 +94,9 @@ def channel_adaptive_pool2d(
         >>> round(channel_adaptive_pool2d(x, 2, theta=torch.zeros(1)).item(), 6)
         0.2
     """
-    x, g, unbatched = prepare(input, "channel_adaptive_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, unbatched = prepare(
+        input, "channel_adaptive_pool2d", kernel_size, stride, padding, dilation, ceil_mode
+    )
     theta = _theta(theta, x, "channel_adaptive_pool2d")
     if theta.dim() != 1:
         raise ValueError(f"channel_adaptive_pool2d: theta must have one value per channel ({x.shape[1]},)")
@@ -169,7 +171,9 @@ def stochastic_mix_pool2d(
         >>> round(stochastic_mix_pool2d(x, 2, theta=0.0).item(), 6)   # eval: lambda = 0.5
         0.2
     """
-    x, g, unbatched = prepare(input, "stochastic_mix_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, unbatched = prepare(
+        input, "stochastic_mix_pool2d", kernel_size, stride, padding, dilation, ceil_mode
+    )
     check_positive(kappa, "kappa", "stochastic_mix_pool2d")
     theta = _theta(theta, x, "stochastic_mix_pool2d")
     return restore(_stochastic_mix(x, g, theta, kappa, training), x, unbatched)
@@ -199,7 +203,9 @@ class _ThetaBlend(Pool2d):
         dtype: torch.dtype | None,
     ) -> None:
         if per_channel and channels is None:
-            raise ValueError(f"{type(self).__name__}(per_channel=True) needs channels=<number of input channels>")
+            raise ValueError(
+                f"{type(self).__name__}(per_channel=True) needs channels=<number of input channels>"
+            )
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
         self.per_channel = bool(per_channel)
         shape = (channels,) if per_channel else ()
@@ -254,7 +260,9 @@ class MixedPool(_ThetaBlend):
         return {"per_channel": self.per_channel} if self.per_channel else {}
 
 
-@register_pool("channel_adaptive", functional=channel_adaptive_pool2d, family="study", title="Channel-Adaptive")
+@register_pool(
+    "channel_adaptive", functional=channel_adaptive_pool2d, family="study", title="Channel-Adaptive"
+)
 class ChannelAdaptivePool(Pool2d):
     """Channel-Adaptive pooling (the study's eq. 4): ``y_c = lambda_c M_c + (1 - lambda_c) A_c``.
 
@@ -335,7 +343,11 @@ class GatedPool(Pool2d):
 
 
 @register_pool(
-    "stochastic_mix", functional=stochastic_mix_pool2d, family="study", title="Stochastic Mix", stochastic=True
+    "stochastic_mix",
+    functional=stochastic_mix_pool2d,
+    family="study",
+    title="Stochastic Mix",
+    stochastic=True,
 )
 class StochasticMixPool(_ThetaBlend):
     """Stochastic Mix pooling (the study's eqs. 7-8): a max/average blend with a random weight in training.

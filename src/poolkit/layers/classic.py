@@ -116,7 +116,7 @@ def strided_conv_pool2d(
     dilation: Size2 = 1,
     ceil_mode: bool = False,
 ) -> Tensor:
-    """A k x k convolution with the pool's stride/padding/dilation: ``y_c = sum_{c', i} w_{c c' i} x_{c' i} + b_c``.
+    """Strided convolution: ``y_c = sum_{c', i} w_{c c' i} x_{c' i} + b_c`` over the pool's windows.
 
     ``weight`` is (C, 1, kh, kw) for the depthwise form or (C, C, kh, kw) for the full form; zero
     padding (as any convolution). The output shape equals ``nn.MaxPool2d``'s, ``ceil_mode`` included.
@@ -131,10 +131,13 @@ def strided_conv_pool2d(
     if weight.dim() != 4 or tuple(weight.shape[2:]) != g.kernel_size or weight.shape[0] != channels:
         raise ValueError(
             f"strided_conv_pool2d: weight must be (C, 1 or C, kh, kw) = ({channels}, 1 or {channels}, "
-            f"{g.kernel_size[0]}, {g.kernel_size[1]}) for an input of {channels} channels, got {tuple(weight.shape)}"
+            f"{g.kernel_size[0]}, {g.kernel_size[1]}) for an input of {channels} channels, "
+            f"got {tuple(weight.shape)}"
         )
     if weight.shape[1] not in (1, channels):
-        raise ValueError(f"strided_conv_pool2d: weight.shape[1] must be 1 or {channels}, got {weight.shape[1]}")
+        raise ValueError(
+            f"strided_conv_pool2d: weight.shape[1] must be 1 or {channels}, got {weight.shape[1]}"
+        )
     groups = channels if weight.shape[1] == 1 else 1
     return restore(_strided_conv(x, g, weight, bias, groups), x, unbatched)
 
@@ -202,7 +205,11 @@ class LPPool(Pool2d):
 
 
 @register_pool(
-    "strided_conv", functional=strided_conv_pool2d, family="classic", title="Strided conv", supports_global=False
+    "strided_conv",
+    functional=strided_conv_pool2d,
+    family="classic",
+    title="Strided conv",
+    supports_global=False,
 )
 class StridedConvPool(Pool2d):
     """The learnable alternative to pooling: a k x k convolution with the pool's stride and padding.
@@ -240,7 +247,9 @@ class StridedConvPool(Pool2d):
         self.depthwise = bool(depthwise)
         kh, kw = self.geometry.kernel_size
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(channels, 1 if self.depthwise else channels, kh, kw, **factory))
+        self.weight = nn.Parameter(
+            torch.empty(channels, 1 if self.depthwise else channels, kh, kw, **factory)
+        )
         self.bias = nn.Parameter(torch.empty(channels, **factory))
         self.reset_parameters()
 

@@ -10,7 +10,7 @@ __all__ = ["GlobalPool2d"]
 
 
 class GlobalPool2d(nn.Module):
-    """Pools each (H, W) map to one value with a poolkit method; build it with :func:`poolkit.create_global_pool`.
+    """Pools each (H, W) map to one value with a poolkit method (see :func:`poolkit.create_global_pool`).
 
     The wrapped pool was built with ``kernel_size=None``, so its window is the whole input map, whatever
     its size. Options that are clipped to the window (T-Max-Avg's K) are clipped to ``H * W``.

@@ -51,7 +51,7 @@ def _stochastic(x: Tensor, g: PoolGeometry, training: bool) -> Tensor:
     # p_i = relu(x_i) / sum relu(x); uniform over the real cells when that sum is 0.
     mass = torch.where(mass.sum(-1, keepdim=True) > 0, mass, real.expand_as(mass))
     cdf = mass.cumsum(-1)
-    u = torch.rand(cdf.shape[:-1] + (1,), device=x.device, dtype=cdf.dtype) * cdf[..., -1:]
+    u = torch.rand((*cdf.shape[:-1], 1), device=x.device, dtype=cdf.dtype) * cdf[..., -1:]
     index = (cdf <= u).sum(-1, keepdim=True).clamp_max(windows.shape[-1] - 1)
     return windows.gather(-1, index).squeeze(-1)
 
@@ -115,7 +115,7 @@ def gem_pool2d(
 
 
 def _binomial_filter(size: int) -> Tensor:
-    """The normalised 2-D binomial filter of ``size`` taps: outer product of (1 + z)^(size - 1) coefficients."""
+    """The normalised 2-D binomial filter of ``size`` taps per axis ((1 + z)^(size - 1) coefficients)."""
     row = torch.tensor([math.comb(size - 1, i) for i in range(size)], dtype=torch.float64)
     return torch.outer(row, row) / row.sum() ** 2
 
@@ -126,7 +126,7 @@ def _blur_max(x: Tensor, g: PoolGeometry, blur: Tensor) -> Tensor:
     size = blur.shape[-1]
     before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
     pads, keep = [], []
-    for length, n_out, s, p, span in zip((height, width), out, g.stride, g.padding, g.span):
+    for length, n_out, s, p, span in zip((height, width), out, g.stride, g.padding, g.span, strict=True):
         dense = length + 2 * p - span + 1  # positions of a stride-1 max pool
         needed = (n_out - 1) * s + 1  # the pool's own window starts are 0, s, ..., (n_out - 1) s
         extra = max(0, needed - dense)  # ceil_mode: the last window reaches past the padding
@@ -154,7 +154,7 @@ def blur_max_pool2d(
     *,
     filter_size: int = 3,
 ) -> Tensor:
-    """Anti-aliased max pooling (Zhang, ICML 2019): dense max (stride 1), then a binomial blur with the stride.
+    """Anti-aliased max pooling (Zhang 2019): dense max (stride 1), then a binomial blur with the stride.
 
     The blur is centred on the pool's own window positions, so the output has ``nn.MaxPool2d``'s
     shape; the dense max map is reflect-padded for the blur (as Zhang's BlurPool).
@@ -200,7 +200,7 @@ class StochasticPool(Pool2d):
 
 @register_pool("gem", functional=gem_pool2d, family="literature", title="GeM")
 class GeMPool(Pool2d):
-    """Generalized-mean pooling (Radenović, Tolias & Chum, TPAMI 2019): ``y = (mean_R clamp(x, eps)^p)^(1/p)``.
+    """Generalized-mean pooling (Radenović et al., TPAMI 2019): ``y = (mean_R clamp(x, eps)^p)^(1/p)``.
 
     ``p`` is learnable, initialised at ``p`` (default 3), and kept positive by parameterisation:
     ``p = softplus(rho)``. Parameters per layer: 1.
@@ -254,7 +254,7 @@ class GeMPool(Pool2d):
     "blurmax", functional=blur_max_pool2d, family="literature", title="Blur-max", supports_global=False
 )
 class BlurMaxPool(Pool2d):
-    """Anti-aliased max pooling, MaxBlurPool (Zhang, "Making Convolutional Networks Shift-Invariant Again", 2019).
+    """Anti-aliased max pooling, MaxBlurPool (Zhang, "Making Convolutional Networks Shift-Invariant Again").
 
     A stride-1 max pool followed by a binomial low-pass filter applied with the pool's stride; the
     output shape equals ``nn.MaxPool2d``'s. ``filter_size`` taps per axis (default 3: [1, 2, 1] / 4).

@@ -87,7 +87,9 @@ def soft_t_max_avg_pool2d(
         >>> round(soft_t_max_avg_pool2d(x, 2).item(), 6)   # alpha = sigmoid(-0.5) = 0.377541
         0.187754
     """
-    x, g, unbatched = prepare(input, "soft_t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, unbatched = prepare(
+        input, "soft_t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode
+    )
     check_k(k, g, "soft_t_max_avg_pool2d")
     check_positive(tau, "tau", "soft_t_max_avg_pool2d")
     t = channel_param(threshold, x, "threshold", "soft_t_max_avg_pool2d")
@@ -114,7 +116,9 @@ def learnable_t_pool2d(
         0.187754
     """
     if not isinstance(threshold, Tensor):
-        raise ValueError("learnable_t_pool2d: threshold must be a tensor (use soft_t_max_avg_pool2d for a float)")
+        raise ValueError(
+            "learnable_t_pool2d: threshold must be a tensor (use soft_t_max_avg_pool2d for a float)"
+        )
     return soft_t_max_avg_pool2d(
         input, kernel_size, stride, padding, dilation, ceil_mode, k=k, threshold=threshold, tau=tau
     )
@@ -162,7 +166,7 @@ class TMaxAvgPool(Pool2d):
 
 @register_pool("soft_tmaxavg", functional=soft_t_max_avg_pool2d, family="study", title="Soft T-Max-Avg")
 class SoftTMaxAvgPool(Pool2d):
-    """Soft T-Max-Avg (the study's eq. 3): ``alpha = sigmoid((M - T)/tau)``, ``y = alpha M + (1 - alpha) T_K``.
+    """Soft T-Max-Avg (the study's eq. 3): ``alpha = sigmoid((M - T)/tau)``, ``y = alpha M + (1-alpha) T_K``.
 
     No learnable parameters; gradients reach every top-K cell and the maximum.
 

@@ -27,14 +27,14 @@ from torch import Tensor
 __all__ = [
     "PoolGeometry",
     "as_batched",
+    "min_window_count",
     "pair",
     "restore",
     "unfold_windows",
     "window_count",
-    "min_window_count",
+    "window_mask",
     "window_max",
     "window_mean",
-    "window_mask",
     "window_sum",
     "window_topk_mean",
     "window_weighted_mean",
@@ -67,8 +67,10 @@ def pair(value: int | tuple[int, ...] | list[int], name: str) -> IntPair:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, int):
         return (value, value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
+    if (
+        isinstance(value, (tuple, list))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
         return (int(value[0]), int(value[1]))
     if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
@@ -138,7 +140,7 @@ class PoolGeometry:
     @property
     def span(self) -> IntPair:
         """Extent of a window in input cells, dilation included."""
-        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))  # type: ignore[return-value]
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True))  # type: ignore[return-value]
 
     def output_size(self, height: int, width: int) -> IntPair:
         """Output ``(H_out, W_out)`` for an input of ``(height, width)``; ``ValueError`` if it is empty."""
@@ -152,7 +154,7 @@ class PoolGeometry:
         out_h, out_w = self.output_size(height, width)
         extra = []
         for size, out, step, span, pad in zip(
-            (height, width), (out_h, out_w), self.stride, self.span, self.padding
+            (height, width), (out_h, out_w), self.stride, self.span, self.padding, strict=True
         ):
             extra.append(max(0, (out - 1) * step + span - (size + 2 * pad)))
         return (
@@ -203,7 +205,12 @@ def _cached_output_size(geometry: PoolGeometry, height: int, width: int) -> IntP
     out = tuple(
         _output_length(size, k, s, p, d, geometry.ceil_mode)
         for size, k, s, p, d in zip(
-            (height, width), geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
+            (height, width),
+            geometry.kernel_size,
+            geometry.stride,
+            geometry.padding,
+            geometry.dilation,
+            strict=True,
         )
     )
     if min(out) < 1:
@@ -263,7 +270,9 @@ def window_sum(x: Tensor, geometry: PoolGeometry) -> Tensor:
     return unfold_windows(x, g, 0.0).sum(-1)
 
 
-def window_count(geometry: PoolGeometry, height: int, width: int, device: torch.device | None = None) -> Tensor:
+def window_count(
+    geometry: PoolGeometry, height: int, width: int, device: torch.device | None = None
+) -> Tensor:
     """n: the number of real (non-padded) cells in each window, shape (H_out, W_out), int64."""
     return _window_count(geometry, height, width, torch.device("cpu") if device is None else device)
 
@@ -283,25 +292,43 @@ def min_window_count(geometry: PoolGeometry, height: int, width: int) -> int:
     out = geometry.output_size(height, width)
     smallest = 1
     for size, n_out, k, s, p, d in zip(
-        (height, width), out, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
+        (height, width),
+        out,
+        geometry.kernel_size,
+        geometry.stride,
+        geometry.padding,
+        geometry.dilation,
+        strict=True,
     ):
         smallest *= min(sum(0 <= i * s - p + t * d < size for t in range(k)) for i in range(n_out))
     return smallest
 
 
-def _real_cells(geometry: PoolGeometry, height: int, width: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _real_cells(
+    geometry: PoolGeometry, height: int, width: int, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """Per dimension, a (out, kernel) bool table: is the t-th cell of the i-th window a real input cell."""
     out = geometry.output_size(height, width)
     tables = []
     for size, n_out, k, s, p, d in zip(
-        (height, width), out, geometry.kernel_size, geometry.stride, geometry.padding, geometry.dilation
+        (height, width),
+        out,
+        geometry.kernel_size,
+        geometry.stride,
+        geometry.padding,
+        geometry.dilation,
+        strict=True,
     ):
-        pos = torch.arange(n_out, device=device)[:, None] * s - p + torch.arange(k, device=device)[None, :] * d
+        pos = (
+            torch.arange(n_out, device=device)[:, None] * s - p + torch.arange(k, device=device)[None, :] * d
+        )
         tables.append((pos >= 0) & (pos < size))
     return tables[0], tables[1]
 
 
-def window_mask(geometry: PoolGeometry, height: int, width: int, device: torch.device | None = None) -> Tensor:
+def window_mask(
+    geometry: PoolGeometry, height: int, width: int, device: torch.device | None = None
+) -> Tensor:
     """A bool mask (H_out, W_out, kh * kw): True where a window cell is a real input cell."""
     return _window_mask(geometry, height, width, torch.device("cpu") if device is None else device)
 

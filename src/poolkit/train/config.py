@@ -28,9 +28,6 @@ __all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
 #: same run is found again on another machine, another path or another number of threads.
 NON_RESULT_KEYS: frozenset[str] = frozenset({"data_dir", "download", "device", "threads"})
 
-#: Datasets that read files from ``data_dir`` (the others are embedded or generated).
-_NEEDS_DATA_DIR = frozenset({"cifar10", "cifar100", "tinyimagenet", "imagefolder"})
-_DOWNLOADABLE = frozenset({"cifar10", "cifar100"})
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -246,12 +243,16 @@ class RunConfig:
             raise ValueError(
                 f"RunConfig: unknown dataset {self.dataset!r}; valid datasets are: {', '.join(datasets)}"
             )
-        if self.dataset in _NEEDS_DATA_DIR and self.data_dir is None:
-            raise ValueError(f"RunConfig: dataset {self.dataset!r} reads files, so data_dir must be set")
-        if self.download and self.dataset not in _DOWNLOADABLE:
+        from poolkit.data import dataset_info
+
+        info = dataset_info(self.dataset)
+        if info.needs_data_dir and self.data_dir is None:
             raise ValueError(
-                f"RunConfig: download applies to {', '.join(sorted(_DOWNLOADABLE))}, not {self.dataset!r}"
+                f"RunConfig: dataset {self.dataset!r} reads files, so data_dir must be set: {info.hint}"
             )
+        if self.download and not info.downloadable:
+            downloadable = ", ".join(d for d in datasets if dataset_info(d).downloadable)
+            raise ValueError(f"RunConfig: download applies to {downloadable}, not {self.dataset!r}")
         if self.model not in list_models():
             raise ValueError(
                 f"RunConfig: unknown model {self.model!r}; valid models are: {', '.join(list_models())}"
@@ -295,6 +296,8 @@ class RunConfig:
                 )
             except (ValueError, TypeError) as exc:
                 raise ValueError(f"RunConfig: invalid pool_options for pool {self.pool!r}: {exc}") from exc
+        # Resolved: every option with its value, so runs that spell out a default share one run id.
+        object.__setattr__(self, "pool_options", {**valid_options, **self.pool_options})
 
     # ------------------------------------------------------------------ views
     def to_dict(self) -> dict[str, Any]:
