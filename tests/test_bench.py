@@ -47,3 +47,15 @@ def test_bad_arguments_are_clear():
         parser.parse_args(["--shape", "2x3x6"])
     with pytest.raises(ValueError, match="valid names"):
         bench.main(parser.parse_args(["--pools", "nope", "--device", "cpu"]))
+    results = bench.bench_models(
+        ["gated", "stochastic_mix"],
+        model="vgg11",
+        width=0.0625,
+        batch_size=4,
+        device="cpu",
+        min_run_time=0.001,
+    )
+    assert [r.pool for r in results] == ["max", "gated", "stochastic_mix"]
+    assert results[0].ratio == 1.0 and all(r.seconds > 0 for r in results)
+    assert results[1].params > 0 and results[0].params == 0
+    assert results[1].mode == "train-step" and results[1].shape.startswith("vgg11@0.0625:4x3x32x32")

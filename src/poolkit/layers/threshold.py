@@ -108,7 +108,9 @@ def learnable_t_pool2d(
     k: int = 4,
     tau: float = 0.1,
 ) -> Tensor:
-    """Learnable-T: Soft T-Max-Avg whose threshold is a tensor (a parameter): scalar or per channel.
+    """Learnable-T: ``alpha = sigmoid((M - T)/tau)``, ``y = alpha M + (1-alpha) T_K`` with a learned tensor T.
+
+    T is a parameter: a scalar or one value per channel.
 
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
