@@ -47,6 +47,9 @@ def test_bad_arguments_are_clear():
         parser.parse_args(["--shape", "2x3x6"])
     with pytest.raises(ValueError, match="valid names"):
         bench.main(parser.parse_args(["--pools", "nope", "--device", "cpu"]))
+
+
+def test_model_bench_times_a_training_step_per_pool():
     results = bench.bench_models(
         ["gated", "stochastic_mix"],
         model="vgg11",
