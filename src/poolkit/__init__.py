@@ -8,6 +8,9 @@ Example:
     torch.Size([8, 64, 16, 16])
 """
 
+import importlib
+from types import ModuleType
+
 from poolkit import functional, layers
 from poolkit.registry import (
     PoolSpec,
@@ -21,6 +24,20 @@ from poolkit.registry import (
 from poolkit.surgery import find_pools, swap_pooling
 
 __version__ = "0.1.0"
+
+# The harness packages load on first use (``poolkit.models.create_model(...)``), so that
+# ``import poolkit`` for the layers alone stays light.
+_LAZY_SUBMODULES = ("analysis", "bench", "data", "experiments", "models", "report", "train")
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"poolkit.{name}")
+    raise AttributeError(f"module 'poolkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY_SUBMODULES])
 
 __all__ = [
     "PoolSpec",

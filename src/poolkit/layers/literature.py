@@ -68,8 +68,8 @@ def stochastic_pool2d(
 ) -> Tensor:
     """Stochastic pooling: ``p_i = relu(x_i) / sum_R relu(x)``; ``y = x_j, j ~ p`` (train), ``sum_R p_i x_i``.
 
-    Evaluation returns the probability-weighted average. Zeiler & Fergus, ICLR 2013. ``p`` is uniform over R when ``sum_R relu(x) = 0``; training draws the
-    cell ``j`` from torch's global generator.
+    Zeiler & Fergus, ICLR 2013. Evaluation returns the probability-weighted average; ``p`` is uniform
+    over R when ``sum_R relu(x) = 0``; training draws the cell ``j`` from torch's global generator.
 
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
