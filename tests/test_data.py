@@ -493,14 +493,14 @@ def test_read_only_data_dir_falls_back_to_the_user_cache(tmp_path, monkeypatch):
     root = make_imagefolder(tmp_path / "ds")
     user_cache = tmp_path / "user-cache"
     monkeypatch.setenv("POOLKIT_CACHE", str(user_cache))
-    real_save = cache_mod.atomic_save
+    real_save = cache_mod.atomic_torch_save
 
     def read_only_root(obj, path):
         if Path(path).is_relative_to(root):
             raise PermissionError(13, "Permission denied", str(path))
         real_save(obj, path)
 
-    monkeypatch.setattr(cache_mod, "atomic_save", read_only_root)
+    monkeypatch.setattr(cache_mod, "atomic_torch_save", read_only_root)
     first = load_dataset("imagefolder", root)
     assert not (root / ".poolkit-cache").exists()
     cached = sorted(user_cache.rglob("*.pt"))
@@ -529,7 +529,7 @@ def test_unwritable_cache_everywhere_warns_but_loads(tmp_path, monkeypatch):
     def nowhere(obj, path):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(cache_mod, "atomic_save", nowhere)
+    monkeypatch.setattr(cache_mod, "atomic_torch_save", nowhere)
     with pytest.warns(RuntimeWarning, match="could not cache the decoded imagefolder-(train|test) split"):
         data = load_dataset("imagefolder", root)
     assert len(data.train) == 9

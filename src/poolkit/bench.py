@@ -13,13 +13,11 @@ ratios are comparable across machines even when absolute times are not.
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
 import platform
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from torch import nn
 from torch.utils import benchmark
 
 import poolkit
+from poolkit.io import atomic_write_csv, atomic_write_json
 
 __all__ = ["BenchResult", "add_arguments", "bench_layers", "bench_models", "main"]
 
@@ -346,17 +345,11 @@ def main(args: argparse.Namespace) -> int:
 
 def write_results(results: Sequence[BenchResult], env: dict[str, Any], path: Path) -> None:
     """CSV (one row per timing) or JSON (environment + rows), written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     rows = [asdict(r) for r in results]
     if path.suffix == ".json":
-        tmp.write_text(json.dumps({"environment": env, "results": rows}, indent=2) + "\n")
+        atomic_write_json(path, {"environment": env, "results": rows})
     else:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["pool"])
-            writer.writeheader()
-            writer.writerows(rows)
-    os.replace(tmp, path)
+        atomic_write_csv(path, [f.name for f in fields(BenchResult)], rows)
 
 
 if __name__ == "__main__":  # pragma: no cover

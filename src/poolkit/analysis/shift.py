@@ -243,8 +243,8 @@ def probe_run(
         {'consistency': 88.1, 'pairs': 10000, 'max_shift': 4, 'accuracy_by_shift': {...}, ...}
     """
     from poolkit.data import load_dataset
+    from poolkit.io import atomic_write_json
     from poolkit.train import load_run
-    from poolkit.train.checkpoint import atomic_write_json
 
     run = resolve_run_dir(run_dir)
     if device is None:

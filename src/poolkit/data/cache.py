@@ -9,28 +9,25 @@ When the data root cannot be written (a read-only share, for instance, or a fold
 permission bit, which counts as read-only even for root), the cache goes to a user directory instead:
 ``$POOLKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/poolkit`` or ``~/.cache/poolkit``, in a sub-folder
 named after the data root and a hash of its absolute path.
-Cache files are written atomically (temporary file, then :func:`os.replace`), so an interrupted
+Cache files are written atomically (:func:`poolkit.io.atomic_torch_save`), so an interrupted
 write never leaves a half-written cache behind, and several processes may fill the cache at once.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from poolkit.data.base import ImageSplit
+from poolkit.io import atomic_torch_save
 
 __all__ = [
     "CACHE_DIRNAME",
-    "atomic_save",
     "cache_locations",
     "cached_split",
     "fingerprint",
@@ -79,25 +76,6 @@ def user_cache_dir(data_root: Path) -> Path:
 def cache_locations(data_root: Path) -> list[Path]:
     """Where the cache of ``data_root`` is looked for, in order: next to the data, then the user folder."""
     return [Path(data_root) / CACHE_DIRNAME, user_cache_dir(data_root)]
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and :func:`os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates the file private (0600); a cache next to shared data should be readable.
-        os.chmod(tmp, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _may_write(folder: Path) -> bool:
@@ -162,7 +140,7 @@ def cached_split(data_root: Path, key: str, fp: str, decode: Callable[[], ImageS
             errors.append(f"{data_root} is read-only")
             continue
         try:
-            atomic_save(payload, folder / f"{key}.pt")
+            atomic_torch_save(payload, folder / f"{key}.pt")
             return split
         except OSError as exc:
             errors.append(f"{folder}: {exc}")

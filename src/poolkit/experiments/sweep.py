@@ -305,7 +305,7 @@ def write_error(
 
     Pass the exception, or ``message``/``type_name`` for a failure without one (a worker that died).
     """
-    from poolkit.train.checkpoint import atomic_write_json
+    from poolkit.io import atomic_write_json
 
     record = {
         "error": message if message is not None else str(exc),
@@ -545,7 +545,7 @@ def _missing_data_dirs(todo: Sequence[PlannedRun]) -> list[tuple[str, str]]:
 
 
 def _write_sweep_yaml(sweep: SweepConfig, runs_dir: Path) -> None:
-    from poolkit.train.checkpoint import atomic_write_text
+    from poolkit.io import atomic_write_text
 
     atomic_write_text(runs_dir / "sweep.yaml", sweep.to_yaml())
 

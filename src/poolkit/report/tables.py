@@ -712,13 +712,11 @@ def ablation_grids(data: ReportData) -> list[tuple[Column, str, list[Group]]]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` atomically with :func:`poolkit.train.checkpoint.atomic_write_bytes`; mkdir -p first."""
-    from poolkit.train.checkpoint import atomic_write_bytes
+    """Write ``data`` (text as UTF-8) atomically with :func:`poolkit.io.atomic_write_bytes`."""
+    from poolkit.io import atomic_write_bytes
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
-    return path
+    return Path(path)
 
 
 def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:

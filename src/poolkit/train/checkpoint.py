@@ -1,19 +1,15 @@
-"""Atomic file writes and the training checkpoint (model, optimizer, scheduler, scaler, RNG states).
+"""The training checkpoint (model, optimizer, scheduler, scaler, RNG states).
 
-Every file of a run directory is written to a temporary file in the same directory and moved into
-place with :func:`os.replace`, so a kill at any moment leaves either the old file or the new one,
-never a half-written one.
+Every file of a run directory is written atomically with :mod:`poolkit.io` (a temporary file in the
+same directory moved into place with :func:`os.replace`), so a kill at any moment leaves either the
+old file or the new one, never a half-written one.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import random
-import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +18,6 @@ import torch
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "atomic_torch_save",
-    "atomic_write_bytes",
-    "atomic_write_csv",
-    "atomic_write_json",
-    "atomic_write_text",
     "capture_rng_state",
     "load_checkpoint",
     "restore_rng_state",
@@ -34,51 +25,6 @@ __all__ = [
 
 #: Version of the checkpoint layout, stored in every checkpoint.
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same directory, fsync, ``os.replace``)."""
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    # os.open with 0o666 (not mkstemp's 0o600) so the file gets the usual umask-based permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON (strict: NaN and infinity are refused) atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def atomic_write_csv(
-    path: str | os.PathLike[str], columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
-) -> None:
-    """Write ``rows`` (mappings with exactly ``columns`` as keys) as CSV with a header line, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """:func:`torch.save` ``obj`` to ``path`` atomically."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -33,15 +33,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import poolkit
+from poolkit.io import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
 from poolkit.layers import GlobalPool2d, Pool2d
 from poolkit.models import create_model
 from poolkit.train import distributed as D
 from poolkit.train.checkpoint import (
     CHECKPOINT_FORMAT,
-    atomic_torch_save,
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
