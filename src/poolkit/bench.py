@@ -27,19 +27,9 @@ from torch.utils import benchmark
 
 import poolkit
 from poolkit.io import atomic_write_csv, atomic_write_json
+from poolkit.registry import STUDY_METHODS
 
 __all__ = ["BenchResult", "add_arguments", "bench_layers", "bench_models", "main"]
-
-STUDY = [
-    "max",
-    "tmaxavg",
-    "soft_tmaxavg",
-    "channel_adaptive",
-    "learnable_t",
-    "gated",
-    "attention",
-    "stochastic_mix",
-]
 
 
 @dataclass
@@ -311,7 +301,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.level == "model":
         results = bench_models(
-            args.pools or STUDY,
+            args.pools or STUDY_METHODS,
             model=args.model,
             width=args.width,
             batch_size=args.batch_size or (128 if on_gpu else 32),

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from poolkit.layers.base import Pool2d
 
 __all__ = [
+    "STUDY_METHODS",
     "PoolFactory",
     "PoolSpec",
     "create_global_pool",
@@ -30,6 +31,18 @@ __all__ = [
 ]
 
 Family = Literal["classic", "study", "literature"]
+
+#: The adaptive-pooling study's eight methods in the order of its Table 1 (``max`` is its baseline).
+STUDY_METHODS: tuple[str, ...] = (
+    "max",
+    "tmaxavg",
+    "soft_tmaxavg",
+    "channel_adaptive",
+    "learnable_t",
+    "gated",
+    "attention",
+    "stochastic_mix",
+)
 PoolFactory = str | type[nn.Module] | functools.partial
 _GEOMETRY_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "channels", "device", "dtype")
 

@@ -136,6 +136,15 @@ def _beside(x: float, n: int) -> np.ndarray:
     return x + 0.22 + (np.linspace(-0.07, 0.07, n) if n > 1 else np.zeros(1))
 
 
+def _mean_marker(ax, x: float, summary, colour: str) -> None:
+    """A method's mean as a dot, with its confidence interval as an error bar when there is one."""
+    if summary.ci_low is None:
+        ax.plot(x, summary.mean, "o", ms=8, color=colour)
+        return
+    yerr = [[summary.mean - summary.ci_low], [summary.ci_high - summary.mean]]
+    ax.errorbar(x, summary.mean, yerr=yerr, fmt="o", ms=8, color=colour, capsize=5, lw=2)
+
+
 def _cap_percent(ax) -> None:
     """Stop a percentage axis at 100: a t-interval from few seeds can reach past it, the data cannot."""
     low, high = ax.get_ylim()
@@ -289,20 +298,7 @@ def accuracy_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile],
             rows = data.accuracy_in(column, table1_only=True)
             for i, row in enumerate(rows):
                 colour = method_colour(row.group.pool)
-                s = row.summary
-                if s.ci_low is not None:
-                    ax.errorbar(
-                        i,
-                        s.mean,
-                        yerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]],
-                        fmt="o",
-                        ms=8,
-                        color=colour,
-                        capsize=5,
-                        lw=2,
-                    )
-                else:
-                    ax.plot(i, s.mean, "o", ms=8, color=colour)
+                _mean_marker(ax, i, row.summary, colour)
                 seeds = list(row.group.top1.values())
                 ax.scatter(
                     _beside(i, len(seeds)),
@@ -313,7 +309,7 @@ def accuracy_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile],
                     zorder=3,
                 )
                 if row.group.is_baseline:
-                    ax.axhline(s.mean, color=colour, ls="--", lw=1, alpha=0.7)
+                    ax.axhline(row.summary.mean, color=colour, ls="--", lw=1, alpha=0.7)
             ax.set_xticks(range(len(rows)), _title_list([r.group for r in rows]), rotation=40, ha="right")
             ns = sorted({r.summary.n for r in rows})
             n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
@@ -712,20 +708,7 @@ def shift_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile], li
         cons_ax, acc_ax = fig.subplots(1, 2)
         for i, row in enumerate(rows):
             colour = method_colour(row.group.pool)
-            s = row.summary
-            if s.ci_low is not None:
-                cons_ax.errorbar(
-                    i,
-                    s.mean,
-                    yerr=[[s.mean - s.ci_low], [s.ci_high - s.mean]],
-                    fmt="o",
-                    ms=8,
-                    color=colour,
-                    capsize=5,
-                    lw=2,
-                )
-            else:
-                cons_ax.plot(i, s.mean, "o", ms=8, color=colour)
+            _mean_marker(cons_ax, i, row.summary, colour)
             values = list(row.values.values())
             cons_ax.scatter(
                 _beside(i, len(values)),

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from poolkit.registry import STUDY_METHODS
 from poolkit.report.runs import RunRecord, canonical_options, options_label, resolved_options
 from poolkit.report.stats import PairedComparison, Summary, holm, paired_comparison, summarize, t_quantile
 from poolkit.train.config import NON_RESULT_KEYS
@@ -66,16 +67,7 @@ __all__ = [
 ]
 
 #: The study's order of methods in Table 1; any other method follows, sorted by name.
-STUDY_ORDER = (
-    "max",
-    "tmaxavg",
-    "soft_tmaxavg",
-    "channel_adaptive",
-    "learnable_t",
-    "gated",
-    "attention",
-    "stochastic_mix",
-)
+STUDY_ORDER = STUDY_METHODS
 BASELINE = "max"
 
 #: Config keys that never change what a run computes, and the grouping keys themselves.
