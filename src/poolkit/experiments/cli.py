@@ -181,13 +181,7 @@ def _report(runs_dir: Path, report_dir: Path) -> bool:
     """Write the report; False (with the reason on stderr) when it could not be written."""
     try:
         from poolkit.report import build_report
-    except ImportError as exc:
-        print(
-            f"\nno report: poolkit.report is not available ({exc}); the table above is the result",
-            file=sys.stderr,
-        )
-        return False
-    try:
+
         path = build_report(runs_dir, report_dir)
     except Exception:
         traceback.print_exc()
