@@ -185,4 +185,7 @@ class Pool2d(nn.Module):
         return ", ".join(parts)
 
     def _option_repr(self) -> dict[str, Any]:
-        return {}
+        """Options shown by ``repr``: by default the plain (non-tensor) functional keyword arguments."""
+        return {
+            k: v for k, v in self.functional_kwargs().items() if k != "training" and not isinstance(v, Tensor)
+        }

@@ -200,9 +200,6 @@ class LPPool(Pool2d):
     def functional_kwargs(self) -> dict[str, object]:
         return {"norm_type": self.norm_type}
 
-    def _option_repr(self) -> dict[str, object]:
-        return {"norm_type": self.norm_type}
-
 
 @register_pool(
     "strided_conv",

@@ -246,9 +246,6 @@ class GeMPool(Pool2d):
     def learned_values(self) -> dict[str, list[float]]:
         return {"p": [float(self.p.detach())]}
 
-    def _option_repr(self) -> dict[str, object]:
-        return {"eps": self.eps}
-
 
 @register_pool(
     "blurmax", functional=blur_max_pool2d, family="literature", title="Blur-max", supports_global=False
@@ -291,7 +288,4 @@ class BlurMaxPool(Pool2d):
         return _blur_max(x, geometry, self.blur)
 
     def functional_kwargs(self) -> dict[str, object]:
-        return {"filter_size": self.filter_size}
-
-    def _option_repr(self) -> dict[str, object]:
         return {"filter_size": self.filter_size}

@@ -162,9 +162,6 @@ class TMaxAvgPool(Pool2d):
     def functional_kwargs(self) -> dict[str, object]:
         return {"k": self.k, "threshold": self.threshold}
 
-    def _option_repr(self) -> dict[str, object]:
-        return {"k": self.k, "threshold": self.threshold}
-
 
 @register_pool("soft_tmaxavg", functional=soft_t_max_avg_pool2d, family="study", title="Soft T-Max-Avg")
 class SoftTMaxAvgPool(Pool2d):
@@ -202,9 +199,6 @@ class SoftTMaxAvgPool(Pool2d):
         return _soft_t_max_avg(x, geometry, self.k, self.threshold, self.tau)
 
     def functional_kwargs(self) -> dict[str, object]:
-        return {"k": self.k, "threshold": self.threshold, "tau": self.tau}
-
-    def _option_repr(self) -> dict[str, object]:
         return {"k": self.k, "threshold": self.threshold, "tau": self.tau}
 
 
