@@ -142,6 +142,12 @@ class PoolGeometry:
         """Extent of a window in input cells, dilation included."""
         return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True))  # type: ignore[return-value]
 
+    def axes(self, height: int, width: int) -> tuple[tuple[int, int, int, int, int], ...]:
+        """Per axis, H then W: ``(size, kernel, stride, padding, dilation)`` for an input of that size."""
+        return tuple(
+            zip((height, width), self.kernel_size, self.stride, self.padding, self.dilation, strict=True)
+        )
+
     def output_size(self, height: int, width: int) -> IntPair:
         """Output ``(H_out, W_out)`` for an input of ``(height, width)``; ``ValueError`` if it is empty."""
         return _cached_output_size(self, height, width)
@@ -202,17 +208,7 @@ def _create_geometry(
 
 @_memoize(maxsize=4096)
 def _cached_output_size(geometry: PoolGeometry, height: int, width: int) -> IntPair:
-    out = tuple(
-        _output_length(size, k, s, p, d, geometry.ceil_mode)
-        for size, k, s, p, d in zip(
-            (height, width),
-            geometry.kernel_size,
-            geometry.stride,
-            geometry.padding,
-            geometry.dilation,
-            strict=True,
-        )
-    )
+    out = tuple(_output_length(*axis, geometry.ceil_mode) for axis in geometry.axes(height, width))
     if min(out) < 1:
         raise ValueError(
             f"the pooling window (kernel_size={geometry.kernel_size}, dilation={geometry.dilation}) is "
@@ -291,15 +287,7 @@ def min_window_count(geometry: PoolGeometry, height: int, width: int) -> int:
     """
     out = geometry.output_size(height, width)
     smallest = 1
-    for size, n_out, k, s, p, d in zip(
-        (height, width),
-        out,
-        geometry.kernel_size,
-        geometry.stride,
-        geometry.padding,
-        geometry.dilation,
-        strict=True,
-    ):
+    for n_out, (size, k, s, p, d) in zip(out, geometry.axes(height, width), strict=True):
         smallest *= min(sum(0 <= i * s - p + t * d < size for t in range(k)) for i in range(n_out))
     return smallest
 
@@ -310,15 +298,7 @@ def _real_cells(
     """Per dimension, a (out, kernel) bool table: is the t-th cell of the i-th window a real input cell."""
     out = geometry.output_size(height, width)
     tables = []
-    for size, n_out, k, s, p, d in zip(
-        (height, width),
-        out,
-        geometry.kernel_size,
-        geometry.stride,
-        geometry.padding,
-        geometry.dilation,
-        strict=True,
-    ):
+    for n_out, (size, k, s, p, d) in zip(out, geometry.axes(height, width), strict=True):
         pos = (
             torch.arange(n_out, device=device)[:, None] * s - p + torch.arange(k, device=device)[None, :] * d
         )

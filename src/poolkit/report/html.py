@@ -12,6 +12,7 @@ import html
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +191,19 @@ def _figures(doc: Document, made: tuple[list[figs.FigureFile], list[str]]) -> No
         doc.add(Paragraph(f"**Figure skipped.** {reason}"))
 
 
+def _column_tables(
+    doc: Document,
+    data: tab.ReportData,
+    table: Callable[[tab.ReportData, tab.Column], tab.TableRows],
+) -> None:
+    """One titled table per (model, dataset) column that ``table`` has rows for."""
+    for column in data.columns:
+        header, rows = table(data, column)
+        if rows:
+            doc.add(Heading(3, column.full_title))
+            doc.add(Table(header, rows))
+
+
 def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
     status = Counter(r.status for r in data.runs)
     counts = ", ".join(f"{status.get(s, 0)} {s}" for s in ("finished", "failed", "incomplete", "unreadable"))
@@ -342,11 +356,7 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
                 "2019: docs/report.md."
             )
         )
-        for column in data.columns:
-            header, rows = tab.shift_table(data, column)
-            if rows:
-                doc.add(Heading(3, column.full_title))
-                doc.add(Table(header, rows))
+        _column_tables(doc, data, tab.shift_table)
     _figures(doc, figs.shift_figures(data, figure_dir))
 
     doc.add(Heading(2, "Learned pooling parameters"))
@@ -358,11 +368,7 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
                 "(1 = max pooling, 0 = average pooling); threshold is T; p is GeM's exponent."
             )
         )
-        for column in data.columns:
-            header, rows = tab.learned_table(data, column)
-            if rows:
-                doc.add(Heading(3, column.full_title))
-                doc.add(Table(header, rows))
+        _column_tables(doc, data, tab.learned_table)
     _figures(doc, figs.learned_figures(data, figure_dir))
 
 
