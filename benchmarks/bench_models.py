@@ -1,11 +1,12 @@
-"""Model-level benchmark: one SGD training step of a network with each of the study's pools.
+"""Model-level benchmark: one SGD training step of VGG16 or ResNet18 (ImageNet stem) per pool, interleaved
+round-robin, as the median over rounds of each pool's ratio to ``max`` in the same round.
 
-    python benchmarks/bench_models.py --model vgg11 --width 0.25            # CPU-sized
-    python benchmarks/bench_models.py --model vgg16 --amp --device cuda      # the study's Figure 6 setting
+    python benchmarks/bench_models.py --width 0.25 --batch-size 32 --rounds 5        # a quick look
+    python benchmarks/bench_models.py --model vgg16 --json benchmarks/results/models-cpu-vgg16.json
+    python benchmarks/bench_models.py --model resnet18 --json benchmarks/results/models-cpu-resnet18.json
 
-Reports seconds per step and the ratio to the same network with max pooling, measured in the same
-process (the study claims every method costs < 8% more training time). A thin wrapper over
-``poolkit bench --level model``.
+A thin wrapper over ``poolkit bench --level model``: every option of ``poolkit bench --help`` works here.
+See benchmarks/README.md for the commands of the full runs and docs/benchmarks.md for what is measured.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from poolkit import bench
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="bench_models.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     bench.add_arguments(parser)
-    args = parser.parse_args(["--level", "model", *sys.argv[1:]])
+    argv = ["--level", "model", *sys.argv[1:]]
+    args = parser.parse_args(argv)
+    args._argv = argv
     sys.exit(bench.main(args))

@@ -1,4 +1,4 @@
-"""poolkit bench: every pool is timed against max in the same run (no timing assertions)."""
+"""poolkit bench: the op grid, memory counting, the targets and the CLI (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -6,59 +6,253 @@ import argparse
 import json
 
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 import poolkit
 from poolkit import bench
+from poolkit.bench import NATIVE, ModelResult, OpCase, OpResult
+from poolkit.bench.timing import _traffic
+
+TINY = OpCase("tiny", (2, 4, 8, 8), 2, 2)
 
 
-def test_layer_bench_reports_ratios_to_max_for_every_pool(tmp_path):
-    results = bench.bench_layers(poolkit.list_pools(), [(2, 4, 8, 8)], min_run_time=0.001, device="cpu")
-    assert results[0].pool == "max"
-    assert sorted(r.pool for r in results) == poolkit.list_pools()
-    assert results[0].ratio == 1.0
-    for r in results:
-        assert r.seconds > 0 and r.ratio == pytest.approx(r.seconds / results[0].seconds)
-        assert r.mode == "fwd+bwd" and r.shape == "2x4x8x8"
-    assert {r.pool: r.params for r in results}["channel_adaptive"] == 4
-    out = tmp_path / "bench.json"
-    bench.write_results(results, bench.environment(), out)
-    data = json.loads(out.read_text())
-    assert data["environment"]["torch"] and len(data["results"]) == len(results)
-
-
-def test_cli_forward_only_to_csv(tmp_path, capsys):
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
-    out = tmp_path / "b.csv"
-    args = parser.parse_args(
-        ["--pools", "tmaxavg", "gated", "--shape", "2x3x6x6", "--forward-only", "--min-run-time", "0.001",
-         "--device", "cpu", "--out", str(out)]
+    return parser
+
+
+def test_op_grid_has_a_row_per_pool_layout_dtype_mode_with_ratios_to_native_max():
+    pools = poolkit.list_pools()
+    rows = bench.bench_ops(pools, [TINY], dtypes=("float32", "bfloat16"), min_run_time=0.001)
+    timed = [r for r in rows if r.pool not in (bench.COPY, bench.CLONE)]
+    keys = [(r.pool, r.layout, r.dtype, r.mode) for r in timed]
+    expected = {
+        (p, layout, dtype, mode)
+        for p in [NATIVE, *pools]
+        for layout in ("nchw", "channels_last")
+        for dtype in ("float32", "bfloat16")
+        for mode in bench.MODES
+    }
+    assert len(keys) == len(set(keys)) and set(keys) == expected
+    assert all(r.error is None for r in rows), [r.error for r in rows if r.error]
+    # copy and clone once per group, forward only
+    refs = [(r.pool, r.layout, r.dtype, r.mode) for r in rows if r.pool in (bench.COPY, bench.CLONE)]
+    assert len(refs) == 8 and {m for *_, m in refs} == {"fwd"}
+    for r in timed:
+        ref = next(n for n in timed if n.pool == NATIVE and n.group == r.group and n.mode == r.mode)
+        if r.mode == "memory":
+            assert (
+                r.ms is None and r.saved_bytes and r.ratio == pytest.approx(r.saved_bytes / ref.saved_bytes)
+            )
+            continue
+        copy = next(n for n in rows if n.pool == bench.COPY and n.group == r.group)
+        assert r.ms > 0 and r.iqr_ms >= 0 and r.ratio == pytest.approx(r.ms / ref.ms)
+        assert r.copy_fraction == pytest.approx(r.gbps / copy.gbps)
+        # GB/s of the minimal traffic: input read + output written (x2 with the backward pass)
+        itemsize = 4 if r.dtype == "float32" else 2
+        traffic = (2 * 4 * 8 * 8 + 2 * 4 * 4 * 4) * itemsize * (1 if r.mode == "fwd" else 2)
+        assert r.gbps == pytest.approx(traffic / (r.ms / 1e3) / 1e9)
+    assert all(r.ratio == 1.0 for r in timed if r.pool == NATIVE)
+    params = {r.pool: r.params for r in timed}
+    assert params["channel_adaptive"] == 4 and params[NATIVE] == 0 and params["max"] == 0
+
+
+def test_named_cases_and_batch():
+    cases = bench.resolve_cases(None)
+    assert [c.name for c in cases] == ["vgg16-1", "vgg16-2", "vgg16-3", "vgg16-4", "vgg16-5", "resnet-stem"]
+    assert cases[0].shape == (128, 64, 32, 32) and cases[4].shape == (128, 512, 2, 2)
+    stem = bench.OP_CASES["resnet-stem"]
+    assert (stem.kernel_size, stem.stride, stem.padding, stem.window) == (3, 2, 1, "3x3/2 p1")
+    small = bench.resolve_cases(["vgg16-2", "resnet-stem"], [(1, 2, 5, 5)], kernel_size=3, batch=4)
+    assert [c.shape for c in small] == [(4, 128, 16, 16), (4, 64, 32, 32), (1, 2, 5, 5)]
+    assert (small[2].kernel_size, small[2].stride) == (3, 3)
+    with pytest.raises(ValueError, match=r"valid cases are: vgg16-1, .*resnet-stem"):
+        bench.resolve_cases(["vgg16-6"])
+
+
+def test_saved_bytes_of_native_max_are_input_plus_int64_indices():
+    x = torch.randn(2, 4, 8, 8)
+    saved = bench.saved_tensor_bytes(lambda t: F.max_pool2d(t, 2, 2), x)
+    input_bytes, indices_bytes = 2 * 4 * 8 * 8 * 4, 2 * 4 * 4 * 4 * 8
+    assert saved == bench.SavedBytes(total=input_bytes + indices_bytes, extra=indices_bytes, saves_input=True)
+    rows = bench.bench_ops(["max"], [TINY], layouts=["nchw"], dtypes=["float32"], modes=["memory"])
+    native = next(r for r in rows if r.pool == NATIVE)
+    assert (native.saved_bytes, native.saved_extra_bytes, native.saves_input) == (3072, 1024, True)
+
+
+def test_saved_bytes_known_by_construction():
+    x = torch.randn(3, 5)  # 60 bytes
+    # x * x saves x twice: one storage, counted once
+    assert bench.saved_tensor_bytes(lambda t: t * t, x) == bench.SavedBytes(60, 0, True)
+    # exp saves its result, not its input
+    assert bench.saved_tensor_bytes(lambda t: t.exp(), x) == bench.SavedBytes(60, 60, False)
+    # a saved view keeps its whole storage: t[:1] * w saves the view of x (all 60 bytes) and w
+    w = torch.randn(1, 5, requires_grad=True)  # 20 bytes
+    assert bench.saved_tensor_bytes(lambda t: t[:1] * w, x) == bench.SavedBytes(80, 20, True)
+    # parameters (which exist anyway) are excluded on request
+    assert bench.saved_tensor_bytes(lambda t: t[:1] * w, x, [w]) == bench.SavedBytes(60, 0, True)
+    # nothing that needs saving
+    assert bench.saved_tensor_bytes(lambda t: t + 1, x) == bench.SavedBytes(0, 0, False)
+
+
+def test_pool_groups_expand():
+    assert bench.expand_pools(None) == poolkit.list_pools()
+    assert bench.expand_pools(["study", "gem", "max"]) == [*poolkit.registry.STUDY_METHODS, "gem"]
+    assert bench.expand_pools(["targets"]) == list(bench.TARGET_METHODS)
+    assert set(bench.TARGET_METHODS) == {*poolkit.registry.STUDY_METHODS, "mixed", "gem", "lip"}
+
+
+def test_gbps_arithmetic():
+    assert bench.gbps(2_000_000_000, 1.0) == 2.0
+    assert bench.gbps(3_000_000, 0.001) == pytest.approx(3.0)
+    x, y = torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 4, 4)
+    assert _traffic(x, y, "fwd") == 2048 + 512
+    assert _traffic(x, y, "fwd+bwd") == 2 * (2048 + 512)
+
+
+def _op(pool, mode="fwd+bwd", case="vgg16-1", layout="nchw", dtype="float32", **values):
+    return OpResult(case, "1x1x2x2", "2x2/2", layout, dtype, "cpu", mode, pool, **values)
+
+
+def _model(pool, ratio, model="vgg16"):
+    return ModelResult(model, f"{model} width 1", "nchw", False, "cpu", pool, ms=100.0, ratio=ratio,
+                       ratio_q25=ratio - 0.01, ratio_q75=ratio + 0.01, rounds=10, steps=1)  # fmt: skip
+
+
+def test_targets_are_evaluated_from_rows():
+    ops = [
+        _op("tmaxavg", ratio=1.2),
+        _op("tmaxavg", ratio=1.4, case="vgg16-3", layout="channels_last", dtype="bfloat16"),
+        _op("gated", ratio=2.5),
+        _op("mixed", ratio=1.1),
+        _op("mixed", error="RuntimeError: no bf16", dtype="bfloat16"),
+        _op("tmaxavg", "fwd", layout="channels_last", copy_fraction=0.6),
+        _op("tmaxavg", "fwd", case="vgg16-5", layout="channels_last", copy_fraction=0.4),
+        _op("gated", "fwd", layout="nchw", copy_fraction=0.1),  # not channels_last: not a target
+        _op("gated", "fwd", layout="channels_last", copy_fraction=0.7),
+        _op("tmaxavg", "memory", ratio=1.1),
+        _op("lip", "memory", ratio=2.5),
+    ]
+    models = [
+        _model("mixed", 1.015),
+        _model("tmaxavg", 1.06),
+        _model("gem", 1.01),
+        _model("tmaxavg", 1.5, "resnet18"),
+    ]
+    targets = {(t.target, t.method): t for t in bench.evaluate_targets(ops, models)}
+    t = targets["fwd+bwd ≤ 1.5× max", "tmaxavg"]
+    assert (t.status, t.value, t.where) == ("met", 1.4, "vgg16-3, channels_last, bfloat16")
+    assert t.line() == "fwd+bwd ≤ 1.5× max: tmaxavg worst 1.40× (vgg16-3, channels_last, bfloat16) met"
+    assert targets["fwd+bwd ≤ 2× max", "gated"].status == "not met"
+    assert targets["fwd+bwd ≤ 1.5× max", "gem"].status == "missing"
+    mixed = targets["fwd+bwd ≤ 1.5× max", "mixed"]
+    assert mixed.status == "error" and "no bf16" in mixed.where
+    bw = targets["channels_last fwd ≥ 50% of copy GB/s", "tmaxavg"]
+    assert (bw.status, bw.value, bw.where) == ("not met", 0.4, "vgg16-5, float32")
+    assert "worst 40%" in bw.line()
+    assert targets["channels_last fwd ≥ 50% of copy GB/s", "gated"].status == "met"
+    assert targets["VGG16 step ≤ +2% vs max", "mixed"].status == "met"
+    assert "+1.5%" in targets["VGG16 step ≤ +2% vs max", "mixed"].line()
+    step = targets["VGG16 step ≤ +5% vs max", "tmaxavg"]
+    assert step.status == "not met" and step.value == 1.06  # the resnet18 row is not a VGG16 target
+    assert targets["VGG16 step ≤ +5% vs max", "gem"].status == "met"
+    assert targets["VGG16 step ≤ +2% vs max", "channel_adaptive"].status == "missing"
+    assert targets["saved for backward ≤ 2× max", "tmaxavg"].status == "met"
+    assert targets["saved for backward ≤ 2× max", "lip"].status == "not met"
+    text = bench.format_targets(list(targets.values()))
+    assert "not measured in this run for" in text and "channel_adaptive" in text
+    assert bench.evaluate_targets() and all(t.status == "missing" for t in bench.evaluate_targets())
+
+
+def test_a_failing_pool_gives_error_entries_not_a_crash(monkeypatch):
+    create = poolkit.create_pool
+
+    class NoBF16(nn.Module):
+        def forward(self, x):
+            if x.dtype == torch.bfloat16:
+                raise TypeError("bfloat16 is not supported here")
+            return F.avg_pool2d(x, 2)
+
+    monkeypatch.setattr(
+        poolkit, "create_pool", lambda name, *a, **k: NoBF16() if name == "gem" else create(name, *a, **k)
+    )
+    rows = bench.bench_ops(["gem", "tmaxavg"], [TINY], layouts=["nchw"], min_run_time=0.001)
+    gem = {(r.dtype, r.mode): r for r in rows if r.pool == "gem"}
+    assert all(gem["bfloat16", m].error == "TypeError: bfloat16 is not supported here" for m in bench.MODES)
+    assert all(gem["float32", m].error is None for m in bench.MODES)
+    assert all(r.error is None for r in rows if r.pool == "tmaxavg")
+    table = bench.format_op_group([r for r in rows if r.dtype == "bfloat16"])
+    assert "gem fwd: error: TypeError: bfloat16 is not supported here" in table
+    target = {t.method: t for t in bench.evaluate_targets(rows) if t.target.startswith("fwd+bwd")}["gem"]
+    assert target.status == "error" and "bfloat16" in target.where
+
+
+def test_cli_json_markdown_csv_and_targets_from(tmp_path, capsys):
+    out, md, csv = tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.csv"
+    args = _parser().parse_args(
+        ["--pools", "tmaxavg,gated", "--shape", "2x3x6x6", "--layout", "nchw", "--dtype", "float32",
+         "--min-run-time", "0.001", "--no-progress", "--json", str(out), "--markdown", str(md),
+         "--out", str(csv)]
     )  # fmt: skip
+    args._argv = ["--pools", "tmaxavg,gated", "..."]  # what the wrappers in benchmarks/ record
     assert bench.main(args) == 0
-    lines = out.read_text().splitlines()
-    assert lines[0].startswith("level,pool,shape,mode") and len(lines) == 4
-    assert "vs max" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert "== 2x3x6x6 · 2x2/2 · nchw · float32 · cpu ==" in stdout and "Targets:" in stdout
+    data = json.loads(out.read_text())
+    env = data["environment"]
+    assert env["torch"] == torch.__version__ and env["cpu"] and env["threads"] >= 1 and "gpu" in env
+    pools = {r["pool"] for r in data["op"]}
+    assert pools == {bench.COPY, bench.CLONE, NATIVE, "tmaxavg", "gated"}
+    assert {t["method"] for t in data["targets"]} >= {"tmaxavg", "gated"}
+    text = md.read_text()
+    assert text.startswith("Measured ") and "| pool | fwd ms |" in text and "### Targets" in text
+    lines = csv.read_text().splitlines()
+    assert lines[0].startswith("level,case,shape") and len(lines) == 1 + len(data["op"])
+    assert bench.main(_parser().parse_args(["--targets-from", str(out)])) == 0
+    assert "fwd+bwd ≤ 1.5× max: tmaxavg worst" in capsys.readouterr().out
+    op, model, loaded_env, command = bench.load_results([out, out])
+    assert len(op) == 2 * len(data["op"]) and model == [] and loaded_env == env
+    assert command.splitlines() == [data["command"]] * 2 and data["command"].startswith(
+        "poolkit bench --pools"
+    )
+    (tmp_path / "other.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a 'poolkit bench --json' file"):
+        bench.load_results([tmp_path / "other.json"])
+    with pytest.raises(ValueError, match="cannot read"):
+        bench.load_results([md])
 
 
-def test_bad_arguments_are_clear():
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
+def test_model_level_round_robin_for_vgg16_and_resnet18():
+    for model, pool in (("vgg16", "gated"), ("resnet18", "stochastic_mix")):
+        rows = bench.bench_models(
+            [pool], model=model, width=0.0625, batch_size=2, image_size=32, rounds=2, steps=1, warmup=1
+        )
+        assert [r.pool for r in rows] == ["max", pool]
+        assert all(r.error is None and r.ms > 0 and r.rounds == 2 and r.steps == 1 for r in rows)
+        assert rows[0].ratio == 1.0 and rows[0].params == 0 and rows[1].params > 0
+        assert all(r.ratio_q25 <= r.ratio <= r.ratio_q75 for r in rows)
+        assert rows[0].config.startswith(model)
+    assert "stem=imagenet" in rows[0].config and "200 classes" in rows[0].config
+    table = bench.format_model_table(rows)
+    assert "× max (median of rounds)" in table and "stochastic_mix" in table
+
+
+def test_unknown_names_are_clear(capsys):
+    parser = _parser()
     with pytest.raises(SystemExit):
         parser.parse_args(["--shape", "2x3x6"])
-    with pytest.raises(ValueError, match="valid names"):
-        bench.main(parser.parse_args(["--pools", "nope", "--device", "cpu"]))
-
-
-def test_model_bench_times_a_training_step_per_pool():
-    results = bench.bench_models(
-        ["gated", "stochastic_mix"],
-        model="vgg11",
-        width=0.0625,
-        batch_size=4,
-        device="cpu",
-        min_run_time=0.001,
-    )
-    assert [r.pool for r in results] == ["max", "gated", "stochastic_mix"]
-    assert results[0].ratio == 1.0 and all(r.seconds > 0 for r in results)
-    assert results[1].params > 0 and results[0].params == 0
-    assert results[1].mode == "train-step" and results[1].shape.startswith("vgg11@0.0625:4x3x32x32")
+    assert bench.main(parser.parse_args(["--pools", "nope", "--device", "cpu"])) == 2
+    assert "valid pools are: attention" in capsys.readouterr().err
+    assert bench.main(parser.parse_args(["--case", "vgg16-1,nope"])) == 2
+    assert "unknown case 'nope'; valid cases are: vgg16-1" in capsys.readouterr().err
+    assert bench.main(parser.parse_args(["--level", "model", "--model", "vgg99"])) == 2
+    assert "valid models are" in capsys.readouterr().err
+    assert bench.main(parser.parse_args(["--layout", "nhwc"])) == 2
+    assert "valid layouts are: nchw, channels_last" in capsys.readouterr().err
+    assert bench.main(parser.parse_args(["--rounds", "0"])) == 2
+    assert "--rounds must be positive" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"valid pools|valid names"):
+        bench.bench_ops(["nope"], [TINY])

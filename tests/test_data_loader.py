@@ -234,14 +234,35 @@ def test_augmentation_does_not_depend_on_the_batch_size():
 def test_ranks_share_an_epoch():
     split = distinct_split(50)
     full, full_labels = collect(make_loader(split, batch_size=5), 1)
-    parts = [collect(make_loader(split, batch_size=5, rank=r, world_size=3), 1) for r in range(3)]
-    assert all(len(y) == 17 for _, y in parts)  # 50 padded to 51 and split evenly
-    stacked = torch.stack([x for x, _ in parts], dim=1).flatten(0, 1)[:50]
-    assert torch.equal(stacked, full)
-    assert torch.equal(torch.stack([y for _, y in parts], dim=1).flatten()[:50], full_labels)
+    loaders = [make_loader(split, batch_size=5, rank=r, world_size=3) for r in range(3)]
+    parts = [collect(loader, 1) for loader in loaders]
+    # No padding: every image once per epoch; the shares of the last global batch (5 images) are 2, 2, 1.
+    assert [len(y) for _, y in parts] == [17, 17, 16]
+    assert [len(loader) for loader in loaders] == [4, 4, 4]  # the same number of steps on every rank
+    assert [loaders[0].global_batch_count(step) for step in range(4)] == [15, 15, 15, 5]
+    # Position p of the single-process epoch is image p // 3 of rank p % 3.
+    assert torch.equal(torch.stack([parts[p % 3][0][p // 3] for p in range(50)]), full)
+    assert torch.equal(torch.stack([parts[p % 3][1][p // 3] for p in range(50)]), full_labels)
+    # Step b of every rank together is the single-process run's global batch b.
+    batches = [list(loader.epoch(1)) for loader in loaders]
+    for b in range(4):
+        together = sorted(torch.cat([batches[r][b][1] for r in range(3)]).tolist())
+        assert together == sorted(full_labels[15 * b : 15 * (b + 1)].tolist())
     evaluation = [collect(make_loader(split, train=False, rank=r, world_size=3), 0)[1] for r in range(3)]
     assert [len(y) for y in evaluation] == [17, 17, 16]
     assert sorted(torch.cat(evaluation).tolist()) == sorted(split.labels.tolist())
+
+
+def test_a_last_global_batch_smaller_than_the_world_is_dropped_on_every_rank():
+    split = distinct_split(46)  # 3 global batches of 15, then 1 image: one rank would have none
+    loaders = [make_loader(split, batch_size=5, rank=r, world_size=3) for r in range(3)]
+    assert [len(loader) for loader in loaders] == [3, 3, 3]
+    assert [loader.num_samples for loader in loaders] == [15, 15, 15]
+    plain = [make_loader(split, batch_size=5, rank=r, world_size=3, augment=False) for r in range(3)]
+    images = torch.cat([collect(loader, 0)[0] for loader in plain]).flatten(1)
+    assert len(images) == 45 and len(torch.unique(images, dim=0)) == 45  # none repeated
+    dropped = make_loader(split, batch_size=5, rank=0, world_size=3, drop_last=True)
+    assert len(dropped) == 3 and dropped.global_batch_count(3) == 0
 
 
 def test_output_dtype_memory_format_and_device():

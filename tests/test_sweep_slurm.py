@@ -1,21 +1,28 @@
-"""The SLURM launcher through submitit: parameters, the sbatch script, submission without waiting, no
-double submission, the debug executor end to end, and requeue-and-resume through checkpoint()."""
+"""The SLURM launcher through submitit: parameters, the sbatch script (from the sweep file and from
+the command-line flags), submission without waiting, no double submission, ``--status``, the debug
+executor end to end, requeue-and-resume through checkpoint(), and a real sweep through submitit's local
+executor with a run preempted mid-way, which ends with the same weights as the local launcher's."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+import signal
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 import submitit
 
+from poolkit.cli import main as poolkit_main
 from poolkit.experiments import expand_sweep, load_preset, load_sweep, run_sweep
 from poolkit.experiments.config import SlurmOptions
 from poolkit.experiments.launchers.slurm import SlurmRunTask, slurm_parameters
-from poolkit.experiments.sweep import LauncherError, execute_run
+from poolkit.experiments.sweep import LauncherError, execute_run, sweep_status
+from poolkit.train.lock import LOCK_FILE, RunLock, read_lock
 from test_sweep_launch import fake_train, sweep_of
 
 
@@ -211,3 +218,155 @@ def test_tasks_per_node_runs_one_ddp_run(tmp_path):
     assert result.exit_code == 0, result.summary()
     saved = json.loads((result.runs_dir / result.specs[0].name / "result.json").read_text())
     assert saved["world_size"] == 2 and saved["run_id"] == result.specs[0].run_id
+
+
+def test_command_line_flags_reach_the_sbatch_script_and_status_lists_the_jobs(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    _fake_slurm(bin_dir, "PENDING")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    config = tmp_path / "launch.yaml"
+    config.write_text(json.dumps(slurm_sweep(partition="cpu", timeout_min=5).to_dict()))
+    out = tmp_path / "out"
+    command = [
+        "sweep", str(config), "--out", str(out), "--launcher", "slurm", "--no-wait",
+        "--partition", "gpu", "--time", "12:00:00", "--gpus-per-node", "4", "--tasks-per-node", "4",
+        "--cpus-per-task", "8", "--mem-gb", "64", "--array-parallelism", "2", "--account", "lab",
+        "--qos", "high", "--constraint", "h100", "--sbatch", "mail-type=END", "--sbatch", "exclusive",
+        "--setup", "source ~/venv/bin/activate",
+    ]  # fmt: skip
+    assert poolkit_main(command) == 0
+    captured = capsys.readouterr()
+    assert "submitted 3 runs as job array 4242" in captured.err
+    assert "jobs: 3 runs in job(s) 4242" in captured.out and "poolkit sweep --status" in captured.out
+    script = (bin_dir / "submitted.sh").read_text()
+    for line in [
+        "#SBATCH --partition=gpu",  # the flag wins over the file's slurm.partition
+        "#SBATCH --time=720",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --ntasks-per-node=4",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=64GB",
+        "#SBATCH --array=0-2%2",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint=h100",
+        "#SBATCH --mail-type=END",
+        "#SBATCH --exclusive",
+        "source ~/venv/bin/activate",
+        f"#SBATCH --output={out / 'slurm'}/%A_%a/%A_%a_0_log.out",  # logs under the sweep directory
+    ]:
+        assert line in script, line
+    saved = load_sweep(out / "runs" / "sweep.yaml")  # the flags are recorded with the sweep
+    assert (saved.slurm.partition, saved.slurm.timeout_min, saved.slurm.tasks_per_node) == ("gpu", 720, 4)
+
+    # --status from the output directory alone: every run is queued in job array 4242
+    assert poolkit_main(["sweep", "--status", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "3 runs in" in table and "3 queued" in table
+    assert sum(line.split()[1:2] == ["queued"] and "4242_" in line and "PENDING" in line
+               for line in table.splitlines()) == 3  # fmt: skip
+
+
+def test_slurm_flags_need_the_slurm_launcher_and_a_valid_time(tmp_path, capsys):
+    config = tmp_path / "launch.yaml"
+    config.write_text(json.dumps(slurm_sweep().to_dict()))
+    assert poolkit_main(["sweep", str(config), "--out", str(tmp_path), "--partition", "gpu"]) == 2
+    assert "--partition applies to --launcher slurm only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        poolkit_main(["sweep", str(config), "--launcher", "slurm", "--time", "soon"])
+    assert "expected minutes (720), HH:MM:SS" in capsys.readouterr().err
+
+
+def test_status_tells_every_state_apart(tmp_path):
+    sweep = sweep_of(["max", "avg", "gated", "tmaxavg", "stochastic_mix", "mixed"])
+    specs = {s.config["pool"]: s for s in expand_sweep(sweep)}
+    runs = tmp_path / "runs"
+    for spec in specs.values():
+        (runs / spec.name).mkdir(parents=True)
+    finished = runs / specs["max"].name
+    (finished / "result.json").write_text(json.dumps({"run_id": specs["max"].run_id, "test_top1": 91.5}))
+    (runs / specs["avg"].name / "error.json").write_text(json.dumps({"type": "ValueError", "error": "bad"}))
+    for pool in ("gated", "tmaxavg", "stochastic_mix"):
+        (runs / specs[pool].name / "checkpoint.pt").write_text("1")
+        (runs / specs[pool].name / "metrics.csv").write_text("epoch\n1\n")
+    stale = runs / specs["tmaxavg"].name / LOCK_FILE
+    stale.write_text(json.dumps({"host": "gone", "pid": 1, "started": 0, "heartbeat": 0, "token": "x"}))
+    with RunLock(runs / specs["gated"].name):
+        states = {s.spec.config["pool"]: s for s in sweep_status(list(specs.values()), tmp_path)}
+    assert {pool: s.state for pool, s in states.items()} == {
+        "max": "finished", "avg": "failed", "gated": "running", "tmaxavg": "stalled",
+        "stochastic_mix": "resumable", "mixed": "not started",
+    }  # fmt: skip
+    assert states["max"].detail == "top-1 91.50%" and states["avg"].detail == "ValueError: bad"
+    assert f"pid {os.getpid()}" in states["gated"].detail and states["gated"].epochs_done == 1
+    assert "its lock expired" in states["tmaxavg"].detail and states["mixed"].job_id is None
+
+
+# ---------------------------------------------------------------------- through submitit, for real
+TINY_SWEEP = {
+    "name": "tiny",
+    "grid": {"dataset": "synthetic", "model": "vgg11", "pool": ["max", "avg", "stochastic_mix"]},
+    "train": {"epochs": 2, "width": 0.0625, "batch_size": 64, "lr": 0.05, "threads": 1, "device": "cpu"},
+    # the run that gets preempted trains longer, so the signal lands mid-run
+    "overrides": [{"match": {"pool": "stochastic_mix"}, "set": {"epochs": 4}}],
+    "slurm": {"cluster": "local", "timeout_min": 60},  # under 80% of it, a signal means preemption
+}
+
+
+def _preempt_after_first_epoch(run_dir: Path, sent: list[int]) -> None:
+    """Send the preemption signal (SIGUSR2, as SLURM does) to the process training ``run_dir`` once
+    its first epoch is checkpointed; the pid comes from the run's lock."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        holder = read_lock(run_dir)
+        metrics = run_dir / "metrics.csv"
+        if holder is not None and metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            os.kill(holder.pid, signal.SIGUSR2)
+            sent.append(holder.pid)
+            return
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_with_a_preempted_run_equals_the_local_launcher(tmp_path):
+    sweep = load_sweep(TINY_SWEEP)
+    local = run_sweep(sweep, tmp_path / "local", workers=2, stream=io.StringIO())
+    assert local.exit_code == 0, local.summary()
+
+    target = next(s for s in local.specs if s.config["pool"] == "stochastic_mix")
+    sent: list[int] = []
+    preempter = threading.Thread(
+        target=_preempt_after_first_epoch, args=(tmp_path / "slurm" / "runs" / target.name, sent)
+    )
+    preempter.start()
+    log = io.StringIO()
+    slurm = run_sweep(sweep, tmp_path / "slurm", launcher="slurm", stream=log)
+    preempter.join()
+    assert slurm.exit_code == 0, slurm.summary() + log.getvalue()
+    assert {o.status for o in slurm.outcomes.values()} == {"finished"} and len(slurm.outcomes) == 3
+    assert sorted(slurm.job_ids) == sorted(s.name for s in slurm.specs)
+
+    # the preempted run was requeued by submitit and resumed from its checkpoint
+    assert sent, "the run ended before it could be preempted"
+    job = slurm.job_ids[target.name]
+    job_log = "".join(
+        (tmp_path / "slurm" / "slurm" / job / f"{job}_0_log.{x}").read_text() for x in ("out", "err")
+    )
+    assert "this job is preempted" in job_log and "Requeued job" in job_log
+    env = json.loads((tmp_path / "slurm" / "runs" / target.name / "env.json").read_text())
+    assert len(env.get("resumed", [])) == 1
+
+    # the same runs, bit for bit, as with the local launcher
+    for spec in slurm.specs:
+        mine = json.loads((tmp_path / "slurm" / "runs" / spec.name / "result.json").read_text())
+        theirs = json.loads((tmp_path / "local" / "runs" / spec.name / "result.json").read_text())
+        assert mine["params_sha256"] == theirs["params_sha256"], spec.name
+        assert (mine["test_loss"], mine["test_top1"]) == (theirs["test_loss"], theirs["test_top1"])
+        assert not (tmp_path / "slurm" / "runs" / spec.name / LOCK_FILE).exists()
+    assert "3 finished" in sweep_status_text(tmp_path / "slurm", sweep)
+
+
+def sweep_status_text(out_dir, sweep):
+    from poolkit.experiments.sweep import format_status
+
+    return format_status(sweep_status(expand_sweep(sweep), out_dir), out_dir)

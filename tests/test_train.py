@@ -255,6 +255,8 @@ def test_ddp_gloo_two_processes_write_one_consistent_run_directory(tmp_path: Pat
     ]  # fmt: skip
     result = json.loads((run / "result.json").read_text())
     assert result["world_size"] == 2 and json.loads((run / "env.json").read_text())["world_size"] == 2
+    digests = result["params_sha256"]  # every rank's final parameters: the replicas stayed identical
+    assert len(digests) == 2 and digests[0] == digests[1] and result["sync_bn"] is False
     _, rows = read_metrics(run)
     assert len(rows) == 1 and float(rows[0]["test_top1"]) == result["test_top1"]
     # Metrics are sums over both ranks: the test accuracy is that of the saved model on the whole split.

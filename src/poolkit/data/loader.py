@@ -52,13 +52,17 @@ class TensorLoader:
         augment: random crop (``crop_padding``) and flip (``flip``) in training.
         flip: random horizontal flips (pass ``DatasetSplits.flip``: False for digits).
         crop_padding: zero padding of the random crop; 0 disables cropping.
-        drop_last: drop the last incomplete batch.
+        drop_last: drop the last incomplete (global) batch.
         channels_last: return batches in ``torch.channels_last`` memory format.
         dtype: floating dtype of the image batches.
         rank, world_size: for data-parallel training, this process's share of each epoch: positions
-            ``rank, rank + world_size, ...`` of the epoch's order. In training the order is padded
-            (wrapping around) to a multiple of ``world_size`` so every rank has as many batches; in
-            evaluation it is not (ranks differ by at most one image; sum the metrics over ranks).
+            ``rank, rank + world_size, ...`` of the epoch's order, so the ranks' ``b``-th batches together
+            are the ``b``-th global batch of ``batch_size * world_size`` images and every image is used
+            once per epoch (no padding, no repeats). In training every rank yields the same number of
+            batches; the shares of the last global batch differ by at most one image (see
+            :meth:`global_batch_count`), and a last global batch of fewer than ``world_size`` images is
+            dropped so that no rank has an empty batch. In evaluation ranks differ by at most one image;
+            sum the metrics over ranks.
 
     Shape:
         Yields ``(images, labels)``: ``(B, C, H, W)`` of ``dtype`` and ``(B,)`` int64, on ``device``.
@@ -120,17 +124,34 @@ class TensorLoader:
         return int(self.images.shape[0])
 
     @property
-    def num_samples(self) -> int:
-        """Images this rank sees per epoch (before ``drop_last``)."""
+    def global_batch_size(self) -> int:
+        """Images per step over every rank: ``batch_size * world_size``."""
+        return self.batch_size * self.world_size
+
+    def _used(self) -> int:
+        """Positions of the epoch's order that are used (all but a dropped last global batch)."""
         n = self.dataset_size
-        if self.world_size == 1:
+        if not self.train:
             return n
-        if self.train:
-            return -(-n // self.world_size)
-        return len(range(self.rank, n, self.world_size))
+        full, last = divmod(n, self.global_batch_size)
+        if last and (self.drop_last or last < self.world_size):
+            return full * self.global_batch_size
+        return n
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch (after a dropped last batch, in training)."""
+        return len(range(self.rank, self._used(), self.world_size))
+
+    def global_batch_count(self, step: int) -> int:
+        """Images in step ``step`` of a training epoch over every rank (``global_batch_size`` but for a
+        shorter last step): what a step's summed loss is divided by to give the global batch's mean."""
+        return max(0, min(self.global_batch_size, self._used() - step * self.global_batch_size))
 
     def __len__(self) -> int:
-        """Batches per epoch."""
+        """Batches per epoch (in training, the same on every rank)."""
+        if self.train and self.world_size > 1:
+            return -(-self._used() // self.global_batch_size)
         n = self.num_samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
@@ -157,8 +178,7 @@ class TensorLoader:
         offsets = torch.randint(0, 2 * self.crop_padding + 1, (n, 2), generator=g) if augment else None
         flips = torch.rand(n, generator=g) < 0.5 if self.augment and self.flip else None
         if self.world_size > 1:
-            positions = torch.arange(self.num_samples * self.world_size) % n
-            positions = positions[self.rank :: self.world_size]
+            positions = torch.arange(self._used())[self.rank :: self.world_size]
             order = order[positions]
             offsets = offsets[positions] if offsets is not None else None
             flips = flips[positions] if flips is not None else None

@@ -3,7 +3,7 @@
 * :mod:`~poolkit.experiments.config`: the sweep YAML schema and its validation
   (:func:`load_sweep`, :func:`load_preset`, :func:`list_presets`).
 * :mod:`~poolkit.experiments.sweep`: grid expansion into runs (:func:`expand_sweep`), what is left to
-  do (:func:`plan_runs`) and :func:`run_sweep`.
+  do (:func:`plan_runs`), :func:`run_sweep`, and where every run stands (:func:`sweep_status`).
 * :mod:`~poolkit.experiments.launchers`: ``local`` (worker processes) and ``slurm`` (submitit).
 * :mod:`~poolkit.experiments.cli`: ``poolkit sweep`` and ``poolkit reproduce``.
 
@@ -31,11 +31,13 @@ from poolkit.experiments.sweep import (
     PlannedRun,
     RunOutcome,
     RunSpec,
+    RunStatus,
     SweepResult,
     expand_sweep,
     plan_runs,
     results_table,
     run_sweep,
+    sweep_status,
 )
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "PoolEntry",
     "RunOutcome",
     "RunSpec",
+    "RunStatus",
     "SlurmOptions",
     "SweepConfig",
     "SweepConfigError",
@@ -57,4 +60,5 @@ __all__ = [
     "preset_path",
     "results_table",
     "run_sweep",
+    "sweep_status",
 ]

@@ -2,8 +2,9 @@
 
 ``poolkit sweep CONFIG`` (or ``--preset NAME``) runs every unfinished run of a sweep into
 ``OUT/runs/`` and prints a summary; ``poolkit reproduce --preset NAME`` does the same and then writes
-the report to ``OUT/report/``. Progress goes to stderr, the summary to stdout. Exit status: 0 when
-every run finished, 1 when a run failed, 2 for a usage or configuration error, 130 when interrupted.
+the report to ``OUT/report/``; ``poolkit sweep --status`` shows where every run stands. Progress goes
+to stderr, the summary to stdout. Exit status: 0 when every run finished, 1 when a run failed (or is
+being trained by another process), 2 for a usage or configuration error, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from poolkit.experiments.config import SweepConfig, SweepConfigError, list_presets, load_preset, load_sweep
+from poolkit.experiments.config import (
+    SweepConfig,
+    SweepConfigError,
+    list_presets,
+    load_preset,
+    load_sweep,
+    parse_time_limit,
+    update_slurm,
+)
 
 __all__ = ["add_arguments", "add_reproduce_arguments", "main", "reproduce_main"]
 
@@ -68,6 +77,43 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="slurm launcher: submit the job array and return (rerun the command to collect the results)",
     )
+    slurm = parser.add_argument_group(
+        "SLURM (--launcher slurm)",
+        "Each flag sets a key of the sweep's slurm: section, like --set slurm.KEY=VALUE, and wins over it.",
+    )
+    for flag, key, kind, metavar, text in _SLURM_FLAGS:
+        slurm.add_argument(flag, dest=f"slurm_{key}", type=kind, metavar=metavar, default=None, help=text)
+    slurm.add_argument(
+        "--sbatch", dest="slurm_sbatch", action="append", default=[], metavar="OPTION[=VALUE]",
+        help="any other sbatch option, repeatable: --sbatch mail-type=END --sbatch exclusive "
+        "(slurm.additional_parameters)",
+    )  # fmt: skip
+    slurm.add_argument(
+        "--setup", dest="slurm_setup", action="append", default=[], metavar="COMMAND",
+        help="a shell line run before each task, repeatable, after the file's slurm.setup "
+        "(e.g. --setup 'source ~/venv/bin/activate')",
+    )  # fmt: skip
+    slurm.add_argument(
+        "--cluster", dest="slurm_cluster", choices=("slurm", "local", "debug"), default=None,
+        help="submitit's executor: slurm (default), or local/debug to try the launcher on this machine",
+    )  # fmt: skip
+
+
+def _slurm_time(text: str) -> int:
+    try:
+        return parse_time_limit(text)
+    except SweepConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def _presets() -> list[str]:
@@ -96,6 +142,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in error.json while the others go on."
     )
     _add_common(parser)
+    parser.add_argument(
+        "--status",
+        action="store_true",
+        help="show each run's state (finished, running, queued, resumable, stalled, failed, not started), "
+        "epoch and SLURM job, and run nothing; the sweep is CONFIG / --preset, or OUT/runs/sweep.yaml of "
+        "--out",
+    )
 
 
 def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,24 +161,96 @@ def add_reproduce_arguments(parser: argparse.ArgumentParser) -> None:
     _add_common(parser)
 
 
-def _load(args: argparse.Namespace) -> SweepConfig:
+#: (flag, slurm key, type, metavar, help) of the SLURM flags with one value.
+_SLURM_FLAGS: list[tuple[str, str, Any, str, str]] = [
+    ("--partition", "partition", str, "NAME", "the partition (sbatch --partition)"),
+    (
+        "--time", "timeout_min", _slurm_time, "LIMIT",
+        "time limit of each task: minutes (720), HH:MM:SS or D-HH:MM:SS; a run that needs longer is "
+        "requeued and resumes from its checkpoint",
+    ),
+    ("--gpus-per-node", "gpus_per_node", _positive_int, "N", "GPUs per task's node (one run's GPUs)"),
+    (
+        "--tasks-per-node", "tasks_per_node", _positive_int, "N",
+        "processes per run: N > 1 trains each run with DDP on N GPUs of one node (with --gpus-per-node N)",
+    ),
+    ("--cpus-per-task", "cpus_per_task", _positive_int, "N", "CPUs per task"),
+    ("--mem-gb", "mem_gb", _positive_float, "GB", "memory per node in GB (sbatch --mem)"),
+    (
+        "--array-parallelism", "array_parallelism", _positive_int, "N",
+        "at most N runs at once (sbatch --array=...%%N)",
+    ),
+    ("--account", "account", str, "NAME", "sbatch --account"),
+    ("--qos", "qos", str, "NAME", "sbatch --qos"),
+    ("--constraint", "constraint", str, "EXPR", "sbatch --constraint (node features, e.g. a100)"),
+]  # fmt: skip
+
+
+def _slurm_changes(args: argparse.Namespace, sweep: SweepConfig) -> dict[str, Any]:
+    """The slurm-section keys set by flags."""
+    changes: dict[str, Any] = {}
+    for _, key, *_ in _SLURM_FLAGS:
+        value = getattr(args, f"slurm_{key}", None)
+        if value is not None:
+            changes[key] = value
+    if getattr(args, "slurm_cluster", None) is not None:
+        changes["cluster"] = args.slurm_cluster
+    sbatch = getattr(args, "slurm_sbatch", [])
+    if sbatch:
+        extra = dict(sweep.slurm.additional_parameters)
+        for item in sbatch:
+            key, sep, text = item.partition("=")
+            key = key.strip().lstrip("-")
+            if not key:
+                raise SweepConfigError(
+                    f"--sbatch {item!r}: expected OPTION or OPTION=VALUE (e.g. mail-type=END)"
+                )
+            extra[key] = text if sep else True  # passed to sbatch as written
+        changes["additional_parameters"] = extra
+    setup = getattr(args, "slurm_setup", [])
+    if setup:
+        changes["setup"] = [*sweep.slurm.setup, *setup]
+    return changes
+
+
+def _slurm_flags_given(args: argparse.Namespace) -> list[str]:
+    given = [flag for flag, key, *_ in _SLURM_FLAGS if getattr(args, f"slurm_{key}", None) is not None]
+    for flag, dest in (
+        ("--sbatch", "slurm_sbatch"),
+        ("--setup", "slurm_setup"),
+        ("--cluster", "slurm_cluster"),
+    ):
+        if getattr(args, dest, None):
+            given.append(flag)
+    return given
+
+
+def _load(args: argparse.Namespace, *, status: bool = False) -> SweepConfig:
     if args.config and args.preset:
         raise SweepConfigError("give either CONFIG or --preset NAME, not both")
-    if not args.config and not args.preset:
-        raise SweepConfigError(
-            f"give a sweep: CONFIG (a YAML file) or --preset NAME ({', '.join(_presets())})"
-        )
     options: dict[str, Any] = {
         "data_dir": args.data_dir,
         "sets": args.sets,
-        "allow_missing_data_dir": args.dry_run,
+        "allow_missing_data_dir": args.dry_run or status,
     }
-    if args.preset:
-        return load_preset(args.preset, **options)
-    path = Path(args.config)
-    if not path.exists() and args.config in _presets():
-        raise SweepConfigError(f"no file {args.config!r}; for the shipped preset use --preset {args.config}")
-    return load_sweep(path, **options)
+    if not args.config and not args.preset:
+        saved = args.out / "runs" / "sweep.yaml" if status and args.out is not None else None
+        if saved is None or not saved.is_file():
+            where = f" (or --out DIR of a sweep that has run: {saved} does not exist)" if saved else ""
+            raise SweepConfigError(
+                f"give a sweep: CONFIG (a YAML file) or --preset NAME ({', '.join(_presets())}){where}"
+            )
+        sweep = load_sweep(saved, **options)
+    elif args.preset:
+        sweep = load_preset(args.preset, **options)
+    else:
+        path = Path(args.config)
+        if not path.exists() and args.config in _presets():
+            raise SweepConfigError(
+                f"no file {args.config!r}; for the shipped preset use --preset {args.config}"
+            )
+        sweep = load_sweep(path, **options)
+    return update_slurm(sweep, _slurm_changes(args, sweep))
 
 
 def _launcher_text(args: argparse.Namespace, sweep: SweepConfig) -> str:
@@ -140,12 +265,33 @@ def _launcher_text(args: argparse.Namespace, sweep: SweepConfig) -> str:
     return f"local launcher: {workers} worker(s), {default_threads(workers)} torch thread(s) each"
 
 
+def _status(args: argparse.Namespace) -> int:
+    from poolkit.experiments.sweep import expand_sweep, format_status, sweep_status
+
+    try:
+        sweep = _load(args, status=True)
+        out_dir = args.out if args.out is not None else _DEFAULT_ROOT / sweep.name
+        statuses = sweep_status(expand_sweep(sweep), out_dir)
+    except ValueError as exc:
+        print(f"poolkit: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Sweep {sweep.name!r}: " + format_status(statuses, out_dir))
+    return 0
+
+
 def _run(args: argparse.Namespace, *, report: bool) -> int:
     from poolkit.experiments.sweep import LauncherError, format_plan, run_sweep
 
+    if getattr(args, "status", False):
+        return _status(args)
     try:
         sweep = _load(args)
         out_dir = args.out if args.out is not None else _DEFAULT_ROOT / sweep.name
+        given = _slurm_flags_given(args)
+        if given and args.launcher != "slurm":
+            raise SweepConfigError(
+                f"{', '.join(given)} applies to --launcher slurm only (add --launcher slurm, or drop it)"
+            )
         if args.no_wait and args.launcher != "slurm":
             raise SweepConfigError("--no-wait applies to --launcher slurm only")
         if args.workers and args.launcher != "local":
@@ -170,7 +316,7 @@ def _run(args: argparse.Namespace, *, report: bool) -> int:
             print("\nnote: data_dir is not set; pass --data-dir DIR to run this sweep")
         return 0
     print(result.summary())
-    if result.interrupted or result.pending:
+    if result.interrupted or result.pending or result.count("busy"):
         return result.exit_code
     if report and not _report(result.runs_dir, out_dir / "report"):
         return max(result.exit_code, 1)

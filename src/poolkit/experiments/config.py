@@ -50,8 +50,10 @@ __all__ = [
     "load_preset",
     "load_sweep",
     "parse_set",
+    "parse_time_limit",
     "preset_path",
     "run_config_keys",
+    "update_slurm",
 ]
 
 #: The top-level keys of a sweep file.
@@ -519,6 +521,55 @@ def _parse_sweep(doc: Any, default_name: str | None, *, allow_placeholders: bool
         slurm=_parse_slurm(doc.get("slurm")),
         description=description,
     )
+
+
+def update_slurm(sweep: SweepConfig, changes: Mapping[str, Any]) -> SweepConfig:
+    """A copy of ``sweep`` with keys of its ``slurm`` section changed, validated as the file's section
+    is (the ``poolkit sweep`` flags ``--partition``, ``--time``, ... go through here).
+
+    Example:
+        >>> sweep = update_slurm(load_preset("quick"), {"partition": "gpu", "timeout_min": 60})
+        >>> sweep.slurm.partition, sweep.slurm.timeout_min
+        ('gpu', 60)
+    """
+    if not changes:
+        return sweep
+    doc = sweep.slurm.to_yaml()
+    doc.update(changes)
+    return dataclasses.replace(sweep, slurm=_parse_slurm(doc))
+
+
+_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
+
+
+def parse_time_limit(text: str) -> int:
+    """A SLURM time limit in minutes (seconds round up): ``720``, ``90:00`` (minutes:seconds),
+    ``12:00:00`` (hours:minutes:seconds), ``1-00``, ``1-12:00`` or ``1-12:00:00`` (days-hours...).
+
+    Example:
+        >>> [parse_time_limit(t) for t in ("720", "12:00:00", "1-00", "1-06:30", "0:30")]
+        [720, 720, 1440, 1830, 1]
+    """
+    match = _TIME_RE.match(str(text).strip())
+    if not match:
+        raise SweepConfigError(
+            f"time limit {text!r}: expected minutes (720), HH:MM:SS (12:00:00) or D-HH[:MM[:SS]] (1-00)"
+        )
+    days, a, b, c = match.groups()
+    parts = [int(x) for x in (a, b, c) if x is not None]
+    if days is not None:
+        hours, minutes, seconds = [*parts, 0, 0][:3]
+        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
+    elif len(parts) == 1:
+        total = parts[0] * 60
+    elif len(parts) == 2:
+        total = parts[0] * 60 + parts[1]
+    else:
+        total = parts[0] * 3600 + parts[1] * 60 + parts[2]
+    minutes_total = -(-total // 60)
+    if minutes_total < 1:
+        raise SweepConfigError(f"time limit {text!r}: must be at least one minute")
+    return minutes_total
 
 
 # ----------------------------------------------------------------------------------------------------------

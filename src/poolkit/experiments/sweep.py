@@ -36,16 +36,20 @@ __all__ = [
     "PlannedRun",
     "RunOutcome",
     "RunSpec",
+    "RunStatus",
     "SweepResult",
     "TrainFn",
     "execute_run",
     "expand_sweep",
     "format_plan",
+    "format_status",
     "plan_runs",
     "results_table",
     "run_dir_name",
     "run_sweep",
+    "scheduler_states",
     "sweep_lock",
+    "sweep_status",
     "write_error",
 ]
 
@@ -283,10 +287,11 @@ def plan_runs(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) -> lis
 
 @dataclass
 class RunOutcome:
-    """How one launched run ended: ``status`` is ``"finished"``, ``"failed"`` or ``"interrupted"``."""
+    """How one launched run ended: ``status`` is ``"finished"``, ``"failed"``, ``"interrupted"`` or
+    ``"busy"`` (another live process holds the run's lock and is training it; nothing was written)."""
 
     name: str
-    status: Literal["finished", "failed", "interrupted"]
+    status: Literal["finished", "failed", "interrupted", "busy"]
     seconds: float | None = None
     test_top1: float | None = None
     error: str | None = None
@@ -334,16 +339,22 @@ def execute_run(
     """Run one spec with ``train_fn`` (default :func:`poolkit.train.train_run`) and ``resume=True``.
 
     An ``error.json`` left by an earlier attempt is removed first; an exception is recorded in a new
-    one and returned as a ``"failed"`` outcome, so the caller's other runs go on.
+    one and returned as a ``"failed"`` outcome, so the caller's other runs go on. A run whose lock is
+    held by another live process (``RunBusyError``), or was taken over while training
+    (``RunLockLost``), is ``"busy"``: not a failure, and nothing is recorded.
     ``KeyboardInterrupt`` and ``SystemExit`` propagate (an interruption is not a failure: the
     checkpoint stays for the next invocation).
     """
+    from poolkit.train.lock import RunBusyError, RunLockLost
+
     run_dir = Path(run_dir)
     with contextlib.suppress(FileNotFoundError):
         (run_dir / "error.json").unlink()
     train = train_fn if train_fn is not None else _default_train_fn()
     try:
         result = train(spec.config, run_dir, resume=True, **train_kwargs)
+    except (RunBusyError, RunLockLost) as exc:
+        return RunOutcome(spec.name, "busy", error=str(exc), error_type=type(exc).__name__)
     except Exception as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             write_error(run_dir, exc)
@@ -452,6 +463,7 @@ class SweepResult:
     interrupted: bool = False
     pending: list[str] = field(default_factory=list)
     dry_run: bool = False
+    job_ids: dict[str, str] = field(default_factory=dict)
 
     @property
     def runs_dir(self) -> Path:
@@ -459,7 +471,7 @@ class SweepResult:
 
     def count(self, what: str) -> int:
         """``finished`` (this time), ``failed`` (this time), ``skipped`` (finished before),
-        ``failed_before`` (skipped failures), ``interrupted``."""
+        ``failed_before`` (skipped failures), ``interrupted``, ``busy`` (trained by another process)."""
         if what == "skipped":
             return sum(p.status == "finished" for p in self.planned)
         if what == "failed_before":
@@ -468,11 +480,12 @@ class SweepResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every run is finished; 1 when a run failed (now or before); 130 when interrupted;
-        0 for a dry run or a submitted-but-not-awaited SLURM sweep without failures."""
+        """0 when every run is finished; 1 when a run failed (now or before) or is busy (being trained
+        by another process); 130 when interrupted; 0 for a dry run or a submitted-but-not-awaited SLURM
+        sweep without failures."""
         if self.interrupted:
             return 130
-        return 1 if self.count("failed") or self.count("failed_before") else 0
+        return 1 if self.count("failed") or self.count("failed_before") or self.count("busy") else 0
 
     def summary(self) -> str:
         """Counts, failures with their first error line, and :func:`results_table`."""
@@ -485,6 +498,8 @@ class SweepResult:
             parts.append(f"{self.count('failed_before')} failed before (rerun with --retry-failed)")
         if self.count("interrupted") or self.interrupted:
             parts.append(f"{self.count('interrupted')} interrupted (rerun the same command to resume)")
+        if self.count("busy"):
+            parts.append(f"{self.count('busy')} busy (being trained by another process; rerun later)")
         if self.pending:
             parts.append(f"{len(self.pending)} still to run")
         lines = [f"Sweep {self.sweep.name!r}: {len(self.specs)} runs: " + ", ".join(parts)]
@@ -498,6 +513,17 @@ class SweepResult:
             first = (error or "").strip().splitlines()[0] if error else ""
             label = f"{kind}: {first}" if kind else first
             lines.append(f"  FAILED {name}: {label}  (see {self.runs_dir / name / 'error.json'})")
+        for name, outcome in self.outcomes.items():
+            if outcome.status == "busy":
+                lines.append(f"  BUSY   {name}: {(outcome.error or '').strip()}")
+        if self.job_ids:
+            arrays = sorted({job.split("_")[0] for job in self.job_ids.values()})
+            lines.append(
+                f"  jobs: {len(self.job_ids)} runs in job(s) {', '.join(arrays[:5])}"
+                + (" ..." if len(arrays) > 5 else "")
+                + f" (per run: {self.out_dir / 'slurm' / 'jobs.json'}; "
+                f"states: poolkit sweep --status --out {self.out_dir})"
+            )
         lines += ["", results_table(self.specs, self.runs_dir)]
         return "\n".join(lines)
 
@@ -656,4 +682,124 @@ def run_sweep(
     result.outcomes = outcome.outcomes
     result.interrupted = outcome.interrupted
     result.pending = outcome.pending
+    result.job_ids = outcome.job_ids
     return result
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The state of every run (``poolkit sweep --status``).
+
+StatusState = Literal["finished", "running", "failed", "queued", "stalled", "resumable", "not started"]
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """Where one run of a sweep stands, from its directory, its lock and its job.
+
+    ``state``: ``finished`` (result.json), ``running`` (a live process holds its lock), ``failed``
+    (error.json), ``queued`` (its job is pending or starting), ``stalled`` (its lock expired or its
+    process is gone: the holder died; rerun the sweep to resume it), ``resumable`` (a checkpoint and
+    nobody training it), ``not started``. ``job_id`` / ``job_state``: from ``OUT/slurm/jobs.json`` and
+    the scheduler (``None`` when unknown, e.g. without ``sacct``). ``detail``: the top-1 of a finished
+    run, the lock holder of a running one, the error of a failed one.
+    """
+
+    spec: RunSpec
+    state: StatusState
+    epochs_done: int
+    job_id: str | None = None
+    job_state: str | None = None
+    detail: str = ""
+
+
+def scheduler_states(job_ids: Sequence[str]) -> dict[str, str] | None:
+    """SLURM's state of each job id (one ``sacct`` call for all), or None when ``sacct`` is not here."""
+    import shutil
+
+    ids = [str(j) for j in job_ids if j]
+    if not ids or shutil.which("sacct") is None:
+        return None
+    try:
+        from submitit.slurm.slurm import SlurmInfoWatcher
+
+        watcher = SlurmInfoWatcher(delay_s=600)
+        for job_id in ids:
+            watcher.register_job(job_id)
+        watcher.update()
+        return {job_id: watcher.get_state(job_id, mode="cache") for job_id in ids}
+    except Exception:  # a broken sacct must not break the status table
+        return None
+
+
+_QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING", "SUSPENDED"}
+
+
+def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> list[RunStatus]:
+    """The :class:`RunStatus` of every run of a sweep in ``out_dir`` (reads files; trains nothing)."""
+    from poolkit.train.lock import read_lock
+
+    out_dir = Path(out_dir)
+    runs_dir = out_dir / "runs"
+    jobs: dict[str, str] = {}
+    data = _read_json(out_dir / "slurm" / "jobs.json")
+    if data is not None:
+        jobs = {str(k): str(v) for k, v in data.items()}
+    states = scheduler_states([jobs[s.name] for s in specs if s.name in jobs]) or {}
+    planned = {p.spec.name: p for p in plan_runs(specs, runs_dir)}
+    out = []
+    for spec in specs:
+        run_dir = runs_dir / spec.name
+        plan = planned[spec.name]
+        job_id = jobs.get(spec.name)
+        job_state = states.get(job_id) if job_id else None
+        scheduler = (job_state or "").split(" ")[0].upper()
+        holder = read_lock(run_dir)
+        lock_state = holder.state() if holder is not None else None
+        state: StatusState
+        detail = ""
+        if plan.status == "finished":
+            result = _read_json(run_dir / "result.json") or {}
+            top1 = _number(result.get("test_top1"))
+            state, detail = "finished", (f"top-1 {top1:.2f}%" if top1 is not None else "")
+        elif holder is not None and lock_state == "fresh":
+            state, detail = "running", holder.describe()
+        elif plan.status == "failed":
+            state, detail = "failed", plan.error or ""
+        elif scheduler in _QUEUED_STATES:
+            state, detail = "queued", ""
+        elif holder is not None:
+            why = "its process is gone" if lock_state == "dead" else "its lock expired"
+            state, detail = "stalled", f"{holder.describe()}: {why}; rerun the sweep to resume"
+        elif plan.status == "resume":
+            state, detail = "resumable", "rerun the sweep to resume"
+        else:
+            state = "not started"
+        out.append(RunStatus(spec, state, plan.epochs_done, job_id, job_state, detail))
+    return out
+
+
+def format_status(statuses: Sequence[RunStatus], out_dir: str | os.PathLike[str]) -> str:
+    """The ``poolkit sweep --status`` table: counts, then one line per run."""
+    order = ["finished", "running", "queued", "resumable", "stalled", "failed", "not started"]
+    counts = {s: sum(r.state == s for r in statuses) for s in order}
+    lines = [
+        f"{len(statuses)} runs in {Path(out_dir) / 'runs'}: "
+        + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    ]
+    rows = [["run", "state", "epoch", "job", "scheduler", "detail"]]
+    for r in statuses:
+        epochs = int(r.spec.config.get("epochs", 0))
+        rows.append(
+            [
+                r.spec.name,
+                r.state,
+                f"{r.epochs_done}/{epochs}",
+                r.job_id or "-",
+                (r.job_state or "-").split(" ")[0],
+                r.detail,
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)

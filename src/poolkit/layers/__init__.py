@@ -3,13 +3,15 @@
 Importing this package registers every method in :mod:`poolkit.registry`. One file per family:
 ``classic`` (max, avg, lp, strided_conv), ``threshold`` (tmaxavg, soft_tmaxavg, learnable_t),
 ``blend`` (mixed, channel_adaptive, gated, stochastic_mix), ``attention`` (attention, softpool, lip),
-``literature`` (stochastic, gem, blurmax); ``windows`` holds the machinery they share.
+``literature`` (stochastic, gem, blurmax); ``windows`` holds the machinery they share and ``fused`` the
+fused M/A kernels of the max/average blends.
 """
 
 from poolkit.layers.attention import AttentionPool, LIPPool, SoftPool
 from poolkit.layers.base import Pool2d
 from poolkit.layers.blend import ChannelAdaptivePool, GatedPool, MixedPool, StochasticMixPool
 from poolkit.layers.classic import AvgPool, LPPool, MaxPool, StridedConvPool
+from poolkit.layers.fused import set_fused_kernels, use_fused_kernels, window_max_mean
 from poolkit.layers.global_pool import GlobalPool2d
 from poolkit.layers.literature import BlurMaxPool, GeMPool, StochasticPool
 from poolkit.layers.threshold import LearnableTPool, SoftTMaxAvgPool, TMaxAvgPool
@@ -36,4 +38,7 @@ __all__ = [
     "StochasticPool",
     "StridedConvPool",
     "TMaxAvgPool",
+    "set_fused_kernels",
+    "use_fused_kernels",
+    "window_max_mean",
 ]

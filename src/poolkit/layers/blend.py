@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poolkit.layers.base import Pool2d, Size2, channel_param, check_positive, prepare
-from poolkit.layers.windows import PoolGeometry, restore, window_max, window_mean
+from poolkit.layers.fused import window_max_mean
+from poolkit.layers.windows import PoolGeometry, restore
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -37,7 +38,8 @@ __all__ = [
 
 def _blend(x: Tensor, g: PoolGeometry, weight: Tensor) -> Tensor:
     """``lambda * M + (1 - lambda) * A`` with ``weight`` = lambda broadcastable to the output."""
-    return torch.lerp(window_mean(x, g), window_max(x, g), weight.to(x.dtype))
+    m, a = window_max_mean(x, g)
+    return torch.lerp(a, m, weight.to(x.dtype))
 
 
 def _theta(theta: Tensor | float, x: Tensor, method: str) -> Tensor:
@@ -104,10 +106,10 @@ def channel_adaptive_pool2d(
 
 
 def _gated(x: Tensor, g: PoolGeometry, weight: Tensor, bias: Tensor) -> Tensor:
-    mean = window_mean(x, g)
+    m, mean = window_max_mean(x, g)
     # The mean over the window of (w.x + b) equals w.(mean of x) + b: the gate costs a 1x1 conv of A.
     gate = torch.sigmoid(F.conv2d(mean, weight.to(x.dtype), bias.to(x.dtype)))
-    return torch.lerp(mean, window_max(x, g), gate.to(mean.dtype))  # autocast runs the conv in low precision
+    return torch.lerp(mean, m, gate.to(mean.dtype))  # autocast runs the conv in low precision
 
 
 def gated_pool2d(

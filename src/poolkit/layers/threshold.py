@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from poolkit.layers.base import Pool2d, Size2, channel_param, check_k, check_positive, prepare
-from poolkit.layers.windows import PoolGeometry, restore, window_max, window_topk_mean
+from poolkit.layers.fused import window_max_mean, window_topk_mean_fused
+from poolkit.layers.windows import PoolGeometry, restore, window_max
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -24,17 +25,24 @@ __all__ = [
 ]
 
 
+def _max_and_topk_mean(x: Tensor, g: PoolGeometry, k: int) -> tuple[Tensor, Tensor]:
+    """M and T_K; with K covering the window T_K is the mean A, and both come from one fused pass."""
+    if k >= g.area:
+        return window_max_mean(x, g)
+    return window_max(x, g), window_topk_mean_fused(x, g, k)
+
+
 def _t_max_avg(x: Tensor, g: PoolGeometry, k: int, threshold: Tensor | float) -> Tensor:
-    m = window_max(x, g)
-    return torch.where(m >= threshold, m, window_topk_mean(x, g, k))
+    m, top = _max_and_topk_mean(x, g, k)
+    return torch.where(m >= threshold, m, top)
 
 
 def _soft_t_max_avg(x: Tensor, g: PoolGeometry, k: int, threshold: Tensor | float, tau: float) -> Tensor:
-    m = window_max(x, g)
+    m, top = _max_and_topk_mean(x, g, k)
     if isinstance(threshold, Tensor):
         threshold = threshold.to(m.dtype)
     alpha = torch.sigmoid((m - threshold) / tau)
-    return torch.lerp(window_topk_mean(x, g, k), m, alpha)
+    return torch.lerp(top, m, alpha)
 
 
 def t_max_avg_pool2d(

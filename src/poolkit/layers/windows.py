@@ -122,6 +122,12 @@ class PoolGeometry:
                 half the kernel (PyTorch's rule ``padding <= kernel_size // 2``).
         """
         args = [tuple(a) if isinstance(a, list) else a for a in (kernel_size, stride, padding, dilation)]
+        for name, value in zip(("kernel_size", "stride", "padding", "dilation"), args, strict=True):
+            # Checked before the cache: True == 1 as a cache key, so create(True) would find create(1).
+            if isinstance(value, bool) or (
+                isinstance(value, tuple) and any(isinstance(v, bool) for v in value)
+            ):
+                raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
         try:
             return _create_geometry(*args, bool(ceil_mode))
         except TypeError as error:  # unhashable arguments

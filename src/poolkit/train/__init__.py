@@ -3,8 +3,9 @@
 * :class:`RunConfig` (``config.py``): the validated run config; ``run_id()`` names a run.
 * :func:`train_run` (``engine.py``): trains one run and writes config.yaml, env.json, metrics.csv,
   checkpoint.pt and result.json; :func:`load_run` reads the trained model back.
-* ``checkpoint.py``: atomic writes and RNG capture; ``distributed.py``: torchrun/DDP;
-  ``cli.py``: ``poolkit train``.
+* ``checkpoint.py``: atomic writes and RNG capture; ``distributed.py``: torchrun/DDP and
+  SyncBatchNorm; ``lock.py``: the run lock (:class:`RunLock`: one process trains a run at a time);
+  ``cli.py``: ``poolkit train`` (``--nproc N``: DDP through torchrun's launcher).
 
 See ``docs/training.md`` for the protocol and the guarantees (resume, determinism).
 """
@@ -18,12 +19,16 @@ from poolkit.train.engine import (
     load_run,
     train_run,
 )
+from poolkit.train.lock import RunBusyError, RunLock, RunLockLost
 
 __all__ = [
     "METRIC_COLUMNS",
     "NON_RESULT_KEYS",
     "VAL_COLUMNS",
+    "RunBusyError",
     "RunConfig",
+    "RunLock",
+    "RunLockLost",
     "WarmupCosine",
     "describe_pools",
     "load_config_file",

@@ -7,6 +7,11 @@ entry point).
 Example:
     poolkit train --dataset synthetic --model vgg11 --width 0.125 --epochs 2 --out runs/demo
     poolkit train --config run.yaml --seed 1 --out runs/demo-s1
+    poolkit train --config run.yaml --nproc 4 --out runs/demo-ddp     # DDP on 4 GPUs of this machine
+
+Exit status: 0 done, 2 invalid config or directory, 75 the run directory is being trained by another
+process (its lock is held; try again later), 130 interrupted; with ``--nproc``, a failing process's
+own status.
 """
 
 from __future__ import annotations
@@ -14,13 +19,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from poolkit.train.config import RunConfig, load_config_file, yaml_scalar
 
-__all__ = ["add_arguments", "build_parser", "config_from_args", "main"]
+__all__ = ["EXIT_BUSY", "add_arguments", "build_parser", "config_from_args", "launch_processes", "main"]
+
+#: Exit status when the run directory is being trained by another process (BSD's EX_TEMPFAIL).
+EXIT_BUSY = 75
 
 # (flag, key, type, help) for every RunConfig key with a value; booleans get --flag/--no-flag.
 _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -71,6 +85,12 @@ _BOOL_FLAGS: list[tuple[str, str, str]] = [
     ("--amp", "amp", "mixed precision: CUDA float16/bfloat16 autocast, CPU bfloat16 autocast"),
     ("--channels-last", "channels_last", "channels_last memory format for the model and inputs"),
     ("--compile", "compile", "torch.compile the model"),
+    (
+        "--sync-bn",
+        "sync_bn",
+        "BatchNorm statistics over the global batch in multi-process runs (SyncBatchNorm; a single process "
+        "ignores it); part of the run id when on",
+    ),
     ("--shift-eval", "shift_eval", "run the translation-invariance probe at the end (writes shift.json)"),
 ]
 
@@ -97,6 +117,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume", action="store_true", help="continue an interrupted run from RUN_DIR/checkpoint.pt"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log one line per epoch)")
+    parser.add_argument(
+        "--nproc", type=_positive_int, default=None, metavar="N",
+        help="train data-parallel on N processes of this machine (one per GPU; Gloo on CPU), started "
+        "with torchrun's launcher (torch.distributed.run --standalone); --batch-size stays the global "
+        "batch and must be divisible by N. Multi-node: use torchrun or --launcher slurm instead",
+    )  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,26 +165,128 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run ``poolkit train`` with parsed ``args``; returns the exit status (2 for a bad config)."""
-    from poolkit.train.engine import train_run
+    """Run ``poolkit train`` with parsed ``args``; returns the exit status (see the module docstring)."""
+    from poolkit.train.distributed import launched_distributed
+    from poolkit.train.lock import RunLockError
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         cfg = config_from_args(args)
+        nproc = getattr(args, "nproc", None) or 1
+        if nproc > 1:
+            if launched_distributed():
+                raise ValueError(
+                    "--nproc starts its own processes; it cannot be used inside torchrun or a multi-task job "
+                    f"(WORLD_SIZE={os.environ.get('WORLD_SIZE')}); drop --nproc"
+                )
+            _check_gpus(cfg, nproc)
+            if cfg.batch_size % nproc:
+                raise ValueError(
+                    f"--batch-size {cfg.batch_size} must be divisible by --nproc {nproc} (the batch size is "
+                    "the global batch, shared equally by the processes)"
+                )
+            # Rank 0 prints the result line.
+            return launch_processes(cfg, args.out, nproc, resume=args.resume, progress=not args.no_progress)
+        from poolkit.train.engine import train_run
+
         result = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     except ValueError as exc:
         print(f"poolkit train: error: {exc}", file=sys.stderr)
         return 2
+    except RunLockError as exc:
+        print(f"poolkit train: {exc}", file=sys.stderr)
+        return EXIT_BUSY
     except KeyboardInterrupt:
         print("poolkit train: interrupted; continue with --resume", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
-        print(
-            f"{args.out}: {result['model']} {result['pool']} on {result['dataset']}: test top-1 "
-            f"{result['test_top1']:.2f}% (last epoch of {result['epochs']}), {result['seconds']:.1f}s"
-        )
+        _print_result(args.out, result)
     return 0
+
+
+def _check_gpus(cfg: RunConfig, nproc: int) -> None:
+    """With CUDA, each process needs a GPU of its own (NCCL refuses two ranks on one device)."""
+    import torch
+
+    if cfg.device == "cpu" or not torch.cuda.is_available():
+        return
+    visible = torch.cuda.device_count()
+    if nproc > visible:
+        raise ValueError(
+            f"--nproc {nproc} needs {nproc} GPUs (one per process) but {visible} are visible; use "
+            f"--nproc {visible}, or --device cpu to train on the CPU with Gloo"
+        )
+
+
+def _print_result(out: str, result: dict[str, Any]) -> None:
+    world = f" on {result['world_size']} processes" if result.get("world_size", 1) > 1 else ""
+    print(
+        f"{out}: {result['model']} {result['pool']} on {result['dataset']}: test top-1 "
+        f"{result['test_top1']:.2f}% (last epoch of {result['epochs']}){world}, {result['seconds']:.1f}s"
+    )
+
+
+def launch_processes(
+    config: RunConfig, out: str | os.PathLike[str], nproc: int, *, resume: bool = False, progress: bool = True
+) -> int:
+    """Train ``config`` into ``out`` on ``nproc`` processes of this machine with torchrun's launcher.
+
+    This is ``torchrun --standalone --nproc-per-node NPROC -m poolkit.train.cli --config C --out OUT``
+    run through :func:`torch.distributed.run.run` (the elastic agent, a local c10d rendezvous on a free
+    port), where ``C`` is the validated config written to a temporary file. Each process trains with
+    ``train_run``, which joins the process group (NCCL on GPUs, Gloo on CPU).
+
+    Returns:
+        0 when every process succeeded; otherwise the exit status of the first process that failed
+        (128 + N for a process killed by signal N), or 128 + N when this launcher was stopped by signal N.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    folder = Path(tempfile.mkdtemp(prefix="poolkit-nproc-"))
+    set_threads = False
+    try:
+        config_file = folder / "config.yaml"
+        config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        worker_args = ["--config", str(config_file), "--out", os.fspath(out)]
+        worker_args += ["--resume"] if resume else []
+        worker_args += [] if progress else ["--no-progress"]
+        set_threads = "OMP_NUM_THREADS" not in os.environ
+        if set_threads:
+            # torchrun would set 1 (with a warning); share this machine's cores instead.
+            os.environ["OMP_NUM_THREADS"] = str(max(1, _cores() // nproc))
+        torchrun_args = parse_args(
+            ["--standalone", f"--nproc-per-node={nproc}", "-m", "poolkit.train.cli", *worker_args]
+        )
+        try:
+            run(torchrun_args)
+        except ChildFailedError as exc:
+            rank, failure = exc.get_first_failure()
+            code = failure.exitcode
+            print(
+                f"poolkit train: process {rank} of {nproc} failed with exit status {code}"
+                + (f" ({failure.message})" if code < 0 and failure.message else ""),
+                file=sys.stderr,
+            )
+            return 128 - code if code < 0 else code
+        except SignalException as exc:
+            print(f"poolkit train: stopped by {signal.Signals(exc.sigval).name}; continue with --resume",
+                  file=sys.stderr)  # fmt: skip
+            return 128 + int(exc.sigval)
+        return 0
+    finally:
+        if set_threads:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _entry(argv: Sequence[str] | None = None) -> int:

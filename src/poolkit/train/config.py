@@ -28,6 +28,10 @@ __all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
 #: same run is found again on another machine, another path or another number of threads.
 NON_RESULT_KEYS: frozenset[str] = frozenset({"data_dir", "download", "device", "threads"})
 
+#: Keys added after the first release, left out of :meth:`RunConfig.run_id` while they have this
+#: (default) value, so the run ids of existing run directories stay valid.
+_ID_OMITTED_AT_DEFAULT: dict[str, Any] = {"sync_bn": False}
+
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -120,6 +124,7 @@ class RunConfig:
     amp_dtype: str = "float16"
     channels_last: bool = False
     compile: bool = False
+    sync_bn: bool = False
     device: str = "auto"
     seed: int = 0
     val_fraction: float = 0.0
@@ -127,7 +132,7 @@ class RunConfig:
     threads: int | None = None
 
     _BOOL_KEYS: ClassVar[tuple[str, ...]] = (
-        "download", "nesterov", "amp", "channels_last", "compile", "shift_eval",
+        "download", "nesterov", "amp", "channels_last", "compile", "sync_bn", "shift_eval",
     )  # fmt: skip
     _FLOAT_KEYS: ClassVar[tuple[str, ...]] = (
         "width", "lr", "momentum", "weight_decay", "label_smoothing", "val_fraction",
@@ -309,8 +314,11 @@ class RunConfig:
 
     def run_id(self) -> str:
         """First 10 hex digits of the SHA-256 of the canonical JSON of :meth:`to_dict`, without
-        :data:`NON_RESULT_KEYS` (paths, device and threads do not change the result)."""
-        payload = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS}
+        :data:`NON_RESULT_KEYS` (paths, device and threads do not change the result). ``sync_bn`` counts
+        only when true (it changes what a multi-process run computes; false, its default, leaves the ids
+        of runs made before the key existed unchanged)."""
+        omitted = {k for k, v in _ID_OMITTED_AT_DEFAULT.items() if getattr(self, k) == v}
+        payload = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS | omitted}
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:10]
 

@@ -44,6 +44,7 @@ from poolkit.train.checkpoint import (
     restore_rng_state,
 )
 from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file
+from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -343,6 +344,9 @@ class _Trainer:
         model = create_model(**self.model_kwargs).to(device)
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if cfg.sync_bn and ctx.enabled:
+            # torch.nn.SyncBatchNorm on GPUs, poolkit's CpuSyncBatchNorm on Gloo; same state_dict keys.
+            model = D.convert_sync_batchnorm(model, device)
         self.model = model
         if cfg.batch_size % ctx.world_size:
             raise ValueError(
@@ -355,8 +359,10 @@ class _Trainer:
             "channels_last": cfg.channels_last, "rank": ctx.rank, "world_size": ctx.world_size,
         }  # fmt: skip
         self.train_loader = TensorLoader(splits.train, per_rank, train=True, flip=splits.flip, **common)
-        # A last training batch of one image per rank is dropped: BatchNorm cannot train on it.
-        self.train_loader.drop_last = self.train_loader.num_samples % per_rank == 1
+        # A last global batch with fewer than 2 images per rank is dropped: BatchNorm cannot train on a
+        # single image (1x1 feature maps), and with several ranks no rank may be left without a batch.
+        last = len(splits.train) % cfg.batch_size
+        self.train_loader.drop_last = 0 < last < 2 * ctx.world_size
         self.eval_loaders = {
             name: TensorLoader(split, per_rank, train=False, **common)
             for name, split in (("test", splits.test), ("val", splits.val))
@@ -394,11 +400,16 @@ class _Trainer:
         for step, (x, y) in enumerate(self.train_loader.epoch(epoch)):
             with self._autocast():
                 logits = self.train_model(x)
-            # Every rank holds an equal share of the global batch, so DDP's average of the ranks'
-            # mean-loss gradients is the gradient of the global batch's mean loss.
             loss_sum = self.criterion(logits.float(), y)
+            if self.ctx.enabled:
+                # DDP averages the ranks' gradients; dividing each rank's summed loss by
+                # (images of the global step / world_size) makes that average the gradient of the global
+                # batch's mean loss, also when the last step's shares differ by an image.
+                denominator: float = self.train_loader.global_batch_count(step) / self.ctx.world_size
+            else:
+                denominator = y.shape[0]
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss_sum / y.shape[0]).backward()
+            self.scaler.scale(loss_sum / denominator).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
@@ -483,6 +494,7 @@ def _result(cfg: RunConfig, trainer: _Trainer, rows: list[dict[str, float]]) -> 
             torch.cuda.get_device_name(trainer.device) if trainer.device.type == "cuda" else _cpu_name()
         ),
         "world_size": trainer.ctx.world_size,
+        "sync_bn": bool(cfg.sync_bn and trainer.ctx.enabled),
         "amp": cfg.amp,
         "amp_dtype": None if trainer.amp_dtype is None else str(trainer.amp_dtype).removeprefix("torch."),
         "finished": _now(),
@@ -506,6 +518,7 @@ def train_run(
     progress: bool = True,
     position: int | None = None,
     on_epoch: EpochCallback | None = None,
+    lock_wait: float | None = None,
 ) -> dict[str, Any]:
     """Train one run and write its run directory; return the result (what ``result.json`` holds).
 
@@ -517,6 +530,9 @@ def train_run(
         progress: show a tqdm bar per epoch with the running loss and accuracy.
         position: the bar's tqdm ``position`` (several runs side by side); its bar is then not left behind.
         on_epoch: ``on_epoch(epoch, row)`` after each epoch's files are written (rank 0 only).
+        lock_wait: seconds to wait for the run's lock (``RUN_DIR/lock.json``, see
+            :mod:`poolkit.train.lock`) when another live process holds it; default: the environment
+            variable ``POOLKIT_LOCK_WAIT_S``, else 0 (refuse at once).
 
     Returns:
         The result dict. A directory that already holds a finished run of the same config returns its
@@ -525,6 +541,9 @@ def train_run(
     Raises:
         ValueError: an invalid config, a directory holding a different run, or an unfinished run
             without ``resume=True``.
+        RunBusyError: another live process is training this run directory (after ``lock_wait``).
+        RunLockLost: another process took the run over while this one trained it (this process had
+            stopped sending heartbeats for longer than the lock's expiry); nothing more was written.
 
     Example:
         >>> result = train_run({"dataset": "synthetic", "model": "vgg11", "width": 0.125, "epochs": 1},
@@ -543,14 +562,68 @@ def train_run(
         state = _inspect_run_dir(out, cfg, resume) if out.exists() else "fresh"
         D.barrier(ctx)
         if state == "finished":
-            result = _read_json(out / RESULT_FILE)
-            if cfg.shift_eval and not (out / SHIFT_FILE).exists() and ctx.is_main:
-                _shift_eval(out, device)
-            return result
-        return _train(cfg, out, device, ctx, state == "resume", progress, position, on_epoch)
+            return _finished(cfg, out, device, ctx)
+        lock = _take_lock(out, ctx, _lock_wait(lock_wait))
+        try:
+            # Again under the lock: the process that held it may have finished or advanced the run.
+            state = _inspect_run_dir(out, cfg, resume) if out.exists() else "fresh"
+            D.barrier(ctx)
+            if state == "finished":
+                return _finished(cfg, out, device, ctx)
+            return _train(cfg, out, device, ctx, state == "resume", progress, position, on_epoch, lock)
+        finally:
+            if lock is not None:
+                lock.release()
     finally:
         torch.set_num_threads(threads_before)
         D.teardown_distributed(ctx)
+
+
+def _finished(cfg: RunConfig, out: Path, device: torch.device, ctx: D.DistContext) -> dict[str, Any]:
+    result = _read_json(out / RESULT_FILE)
+    if cfg.shift_eval and not (out / SHIFT_FILE).exists() and ctx.is_main:
+        _shift_eval(out, device)
+    return result
+
+
+def _lock_wait(value: float | None) -> float:
+    if value is not None:
+        return max(0.0, float(value))
+    text = os.environ.get("POOLKIT_LOCK_WAIT_S", "")
+    try:
+        return max(0.0, float(text)) if text else 0.0
+    except ValueError:
+        raise ValueError(f"POOLKIT_LOCK_WAIT_S={text!r} is not a number of seconds") from None
+
+
+def _take_lock(out: Path, ctx: D.DistContext, wait_s: float) -> RunLock | None:
+    """Rank 0 takes the run's lock; every rank learns whether it did (and raises the same error if not)."""
+    lock: RunLock | None = None
+    failure: tuple[str, Any] | None = None
+    if ctx.is_main:
+        try:
+            lock = RunLock(out).acquire(wait_s=wait_s)
+        except RunBusyError as exc:
+            if not ctx.enabled:
+                raise
+            failure = ("busy", exc.holder.to_dict())
+        except ValueError as exc:  # bad POOLKIT_LOCK_* settings
+            if not ctx.enabled:
+                raise
+            failure = ("value", str(exc))
+        except OSError as exc:
+            message = f"cannot take the run lock in {str(out)!r}: {exc}"
+            if not ctx.enabled:
+                raise RunLockError(message) from exc
+            failure = ("os", message)
+    failure = D.broadcast_object(failure, ctx)
+    if failure is None:
+        return lock
+    if failure[0] == "busy":
+        raise RunBusyError(out, LockHolder.from_dict(failure[1]))
+    if failure[0] == "value":
+        raise ValueError(failure[1])
+    raise RunLockError(failure[1])
 
 
 def _train(
@@ -562,6 +635,7 @@ def _train(
     progress: bool,
     position: int | None,
     on_epoch: EpochCallback | None,
+    lock: RunLock | None = None,
 ) -> dict[str, Any]:
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -623,6 +697,11 @@ def _train(
                 "epoch %d/%d: train loss %.4f top-1 %.2f | test loss %.4f top-1 %.2f | %.1fs",
                 epoch, cfg.epochs, train_loss, train_top1, test_loss, test_top1, row["epoch_seconds"],
             )  # fmt: skip
+        if D.any_rank(lock is not None and lock.lost, ctx, device):
+            raise RunLockLost(
+                f"{str(out)!r}: another process took this run over (this process's lock heartbeat had "
+                f"stopped for longer than the lock's expiry); stopped after epoch {epoch} without writing it"
+            )
         if ctx.is_main:
             atomic_torch_save(trainer.state(epoch, rows), out / CHECKPOINT_FILE)
             atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
@@ -630,6 +709,11 @@ def _train(
                 on_epoch(epoch, dict(row))
         D.barrier(ctx)
     result = _result(cfg, trainer, rows)
+    # Every rank's weights, to show that the replicas stayed identical (DDP's contract).
+    digests = D.all_gather_objects(D.parameters_digest(trainer.model), ctx)
+    result["params_sha256"] = digests
+    if len(set(digests)) > 1:
+        logger.error("%s: the ranks' parameters differ at the end of training: %s", out, digests)
     if ctx.is_main:
         atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
         atomic_write_json(out / RESULT_FILE, _json_safe(result))

@@ -19,11 +19,13 @@ __all__ = ["EtaEstimator", "LaunchOutcome", "SweepProgress", "format_duration"]
 @dataclass
 class LaunchOutcome:
     """``outcomes``: how each launched run ended (by directory name); ``interrupted``: the launch was
-    stopped by Ctrl-C/SIGTERM; ``pending``: runs still queued when the launcher returned."""
+    stopped by Ctrl-C/SIGTERM; ``pending``: runs still queued when the launcher returned;
+    ``job_ids``: the scheduler's job id of each run submitted (or found in flight) this time (SLURM)."""
 
     outcomes: dict[str, RunOutcome] = field(default_factory=dict)
     interrupted: bool = False
     pending: list[str] = field(default_factory=list)
+    job_ids: dict[str, str] = field(default_factory=dict)
 
 
 def format_duration(seconds: float | None) -> str:
@@ -162,6 +164,9 @@ class SweepProgress:
         finished = outcome.status == "finished"
         self.eta.end(spec.name, finished)
         if outcome.status == "interrupted":
+            return
+        if outcome.status == "busy":
+            self._print(f"busy     {spec.name}: {(outcome.error or '').strip()}")
             return
         self.done += finished
         self.failed += outcome.status == "failed"

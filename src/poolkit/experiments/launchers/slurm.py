@@ -4,16 +4,20 @@ Every array task calls :func:`poolkit.experiments.sweep.execute_run` (``train_ru
 for one run. The task object is :class:`SlurmRunTask`, a ``submitit.helpers.Checkpointable``: when
 SLURM signals a time-out or a preemption, submitit calls its :meth:`~SlurmRunTask.checkpoint`, which
 resubmits the same run; the requeued task resumes from the ``checkpoint.pt`` written after the last
-finished epoch. With ``tasks_per_node > 1`` each run is one DDP job: every task exports the
-``torchrun`` environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``)
-and :func:`poolkit.train.train_run` joins the process group, one GPU per task.
+finished epoch. The run's lock (``RUN_DIR/lock.json``, :mod:`poolkit.train.lock`) keeps a run from
+being trained twice at once; a requeued task waits for a lock left by a crashed node to expire. With
+``tasks_per_node > 1`` each run is one DDP job: every task exports the ``torchrun`` environment
+(``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) with submitit's
+``TorchDistributedEnvironment`` and :func:`poolkit.train.train_run` joins the process group, one GPU
+per task.
 
 Submitted job ids are kept in ``OUT/slurm/jobs.json``; a rerun does not resubmit a run whose job is
-still pending or running. Logs go to ``OUT/slurm/<job id>_<task>_log.{out,err}``.
+still pending or running. Logs go to ``OUT/slurm/<job id>/<job id>_<task>_log.{out,err}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -21,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,6 +40,7 @@ from poolkit.experiments.sweep import (
     RunSpec,
     TrainFn,
     execute_run,
+    scheduler_states,
     write_error,
 )
 
@@ -63,7 +68,8 @@ class SlurmRunTask(submitit.helpers.Checkpointable):
 
     def __call__(self, spec: RunSpec, run_dir: str) -> dict[str, Any]:
         _export_distributed_environment()
-        outcome = execute_run(spec, run_dir, self.train_fn, progress=False)
+        with _lock_wait_for_expiry():
+            outcome = execute_run(spec, run_dir, self.train_fn, progress=False)
         if outcome.status == "failed" and self.raise_on_failure:
             where = Path(run_dir) / "error.json"
             raise RuntimeError(f"run {spec.name} failed: {outcome.error_type}: {outcome.error} (see {where})")
@@ -77,6 +83,27 @@ class SlurmRunTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(fresh, spec, run_dir)
 
 
+@contextlib.contextmanager
+def _lock_wait_for_expiry() -> Iterator[None]:
+    """While a task trains: ``POOLKIT_LOCK_WAIT_S`` (unless set) long enough for a stale lock to expire.
+
+    A requeued task may start while the lock of its previous attempt still looks fresh (a node that
+    crashed cannot remove its lock), so it waits for it to expire instead of giving up. The variable is
+    restored afterwards (submitit's ``debug`` executor runs tasks in the calling process).
+    """
+    if "POOLKIT_LOCK_WAIT_S" in os.environ:
+        yield
+        return
+    from poolkit.train.lock import lock_settings
+
+    heartbeat, expiry = lock_settings()
+    os.environ["POOLKIT_LOCK_WAIT_S"] = str(expiry + 2 * heartbeat)
+    try:
+        yield
+    finally:
+        os.environ.pop("POOLKIT_LOCK_WAIT_S", None)
+
+
 def _export_distributed_environment() -> None:
     """In a multi-task job, set the variables torchrun would, so train_run runs data-parallel."""
     try:
@@ -86,7 +113,8 @@ def _export_distributed_environment() -> None:
         return
     if tasks > 1:
         # Every task sees all GPUs of its node and train_run picks cuda:LOCAL_RANK.
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        # overwrite: the job's own ranks win over variables inherited from the submitting shell.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def slurm_parameters(options: SlurmOptions, job_name: str) -> dict[str, Any]:
@@ -194,6 +222,7 @@ class SlurmLauncher:
             )
         submit = [p for p in todo if p.spec.name not in in_flight]
         outcome.pending = list(in_flight)
+        outcome.job_ids = {name: known[name] for name in in_flight}
         if not submit:
             return outcome
         executor = self.executor()
@@ -201,7 +230,9 @@ class SlurmLauncher:
         jobs = executor.map_array(
             task, [p.spec for p in submit], [str(runs_dir / p.spec.name) for p in submit]
         )
-        known.update({p.spec.name: job.job_id for p, job in zip(submit, jobs, strict=True)})
+        submitted = {p.spec.name: str(job.job_id) for p, job in zip(submit, jobs, strict=True)}
+        known.update(submitted)
+        outcome.job_ids.update(submitted)
         _write_jobs(jobs_file, known)
         array_id = str(jobs[0].job_id).split("_")[0]
         print(
@@ -223,17 +254,10 @@ class SlurmLauncher:
     def _in_flight(self, names: Sequence[str], known: Mapping[str, str]) -> list[str]:
         if self.options.cluster != "slurm":
             return []
-        out = []
-        for name in names:
-            if name not in known:
-                continue
-            try:
-                state = submitit.SlurmJob(folder=self.folder / "%j", job_id=known[name]).state
-            except Exception:  # sacct missing or failing: assume the job is gone
-                continue
-            if state.split(" ")[0].upper() in _IN_FLIGHT:
-                out.append(name)
-        return out
+        listed = [name for name in names if name in known]
+        # One sacct call for every job; without sacct (or when it fails) the jobs are assumed gone.
+        states = scheduler_states([known[name] for name in listed]) or {}
+        return [name for name in listed if states.get(known[name], "").split(" ")[0].upper() in _IN_FLIGHT]
 
     # ------------------------------------------------------------------ waiting
     def _wait(

@@ -1,0 +1,227 @@
+"""The fused M/A kernels (``poolkit.layers.fused``) against the reference path of native kernels.
+
+The reference is ``(window_max, window_mean)``: ``F.max_pool2d`` and ``F.avg_pool2d`` (unfolding for
+dilation). The fused path must give the same M exactly, the same A up to summation order, and the same
+input gradient, including ``max_pool2d``'s rule for ties (the first maximum in row-major order gets it).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import poolkit
+from poolkit.layers.fused import (
+    fused_kernels_enabled,
+    set_fused_kernels,
+    use_fused_kernels,
+    window_max_mean,
+    window_topk_mean_fused,
+)
+from poolkit.layers.windows import PoolGeometry
+from pools import BLENDS, build, reseed
+
+GEOMETRIES = [
+    (k, s, p, d, c)
+    for k, s, p, d, c in itertools.product([2, 3, (2, 3)], [1, 2, 3], [0, 1], [1, 2], [False, True])
+]
+SIZES = [(7, 9), (8, 8), (4, 5)]
+
+
+def _both_paths(x: torch.Tensor, g: PoolGeometry, weights: tuple[torch.Tensor, torch.Tensor]):
+    results = []
+    for mode in ("off", "on"):
+        leaf = x.detach().clone().requires_grad_()
+        with use_fused_kernels(mode):
+            assert fused_kernels_enabled(leaf, g) == (mode == "on")
+            m, a = window_max_mean(leaf, g)
+        loss = (m * weights[0]).sum() + (a * weights[1]).sum()
+        (grad,) = torch.autograd.grad(loss, leaf)
+        results.append((m, a, grad))
+    return results
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_fused_equals_native_pair_over_a_grid_of_windows(channels_last: bool, ties: bool) -> None:
+    reseed(0)
+    checked = 0
+    for (k, s, p, d, c), (h, w) in itertools.product(GEOMETRIES, SIZES):
+        try:
+            g = PoolGeometry.create(k, s, p, d, c)
+            out = g.output_size(h, w)
+        except ValueError:
+            continue
+        if g.area > 1 and poolkit.layers.windows.min_window_count(g, h, w) == 0:
+            continue
+        x = torch.randn(2, 3, h, w, dtype=torch.float64)
+        if ties:  # many equal maxima: small integers and zeros, as after a ReLU
+            x = x.mul(1.5).round().clamp(min=0)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        weights = (torch.randn(2, 3, *out, dtype=torch.float64), torch.randn(2, 3, *out, dtype=torch.float64))
+        (m0, a0, g0), (m1, a1, g1) = _both_paths(x, g, weights)
+        context = f"geometry {g}, input {h}x{w}"
+        assert torch.equal(m0, m1), context
+        torch.testing.assert_close(a1, a0, msg=context)
+        torch.testing.assert_close(g1, g0, msg=context)
+        if channels_last:
+            assert m1.is_contiguous(memory_format=torch.channels_last), context
+            assert g1.is_contiguous(memory_format=torch.channels_last), context
+        checked += 1
+    assert checked > 150
+
+
+def test_ties_go_to_the_first_maximum_like_max_pool2d() -> None:
+    x = torch.tensor([[[[2.0, 2.0], [2.0, 1.0]]]], requires_grad=True)
+    with use_fused_kernels("on"):
+        m, a = window_max_mean(x, PoolGeometry.create(2))
+    (grad,) = torch.autograd.grad(m.sum() + 0 * a.sum(), x)
+    assert grad.tolist() == [[[[1.0, 0.0], [0.0, 0.0]]]]
+    (grad_a,) = torch.autograd.grad(*window_max_mean(x, PoolGeometry.create(2))[1:], x)
+    assert grad_a.tolist() == [[[[0.25, 0.25], [0.25, 0.25]]]]
+
+
+@pytest.mark.parametrize(("k", "s", "p"), [(2, 2, 0), (3, 2, 1), (3, 1, 1)])
+def test_gradcheck_float64(k: int, s: int, p: int) -> None:
+    reseed(1)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    g = PoolGeometry.create(k, s, p)
+    with use_fused_kernels("on"):
+        assert torch.autograd.gradcheck(lambda t: window_max_mean(t, g), (x,))
+
+
+def test_only_one_output_used_still_gives_its_gradient() -> None:
+    x = torch.randn(2, 3, 6, 6, requires_grad=True)
+    g = PoolGeometry.create(2)
+    with use_fused_kernels("on"):
+        m, _ = window_max_mean(x, g)
+        (grad_m,) = torch.autograd.grad(m.sum(), x)
+        _, a = window_max_mean(x, g)
+        (grad_a,) = torch.autograd.grad(a.sum(), x)
+    assert torch.equal(grad_m.sum((-2, -1)), torch.full((2, 3), 9.0))
+    torch.testing.assert_close(grad_a, torch.full_like(x, 0.25))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_low_precision_dtypes(dtype: torch.dtype) -> None:
+    x = torch.randn(2, 4, 8, 8).to(dtype)
+    g = PoolGeometry.create(2)
+    with use_fused_kernels("on"):
+        m, a = window_max_mean(x, g)
+    with use_fused_kernels("off"):
+        m0, a0 = window_max_mean(x, g)
+    assert m.dtype == a.dtype == dtype
+    assert torch.equal(m, m0)
+    torch.testing.assert_close(a.float(), a0.float(), atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", BLENDS)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_every_blend_is_the_same_with_and_without_fused_kernels(name: str, channels_last: bool) -> None:
+    reseed(3)
+    x = torch.randn(3, 4, 9, 8, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    outputs = []
+    for mode in ("off", "on"):
+        pool = build(name, 3, 2, 1).double().train()
+        leaf = x.clone().requires_grad_()
+        with use_fused_kernels(mode):
+            reseed(4)  # stochastic_mix draws its mixing weights
+            y = pool(leaf)
+        grads = torch.autograd.grad(y.square().sum(), [leaf, *pool.parameters()])
+        outputs.append((y, grads))
+    (y0, g0), (y1, g1) = outputs
+    torch.testing.assert_close(y1, y0)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_modes_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = torch.randn(1, 2, 4, 4)
+    g = PoolGeometry.create(2)
+    with use_fused_kernels(True):
+        assert fused_kernels_enabled(x, g)
+        assert not fused_kernels_enabled(x, PoolGeometry.create(5, 1, 2))  # 25 cells: native kernels
+        assert not fused_kernels_enabled(x, PoolGeometry.create(1))
+    with use_fused_kernels(False):
+        assert not fused_kernels_enabled(x, g)
+    with use_fused_kernels("auto"):
+        assert fused_kernels_enabled(x, g)  # CPU
+        assert not fused_kernels_enabled(x.to("meta"), g)  # any other device keeps the native pair
+    with pytest.raises(ValueError, match="one of auto, on, off"):
+        set_fused_kernels("fast")  # type: ignore[arg-type]
+    monkeypatch.setenv("POOLKIT_FUSED", "sometimes")
+    with pytest.raises(ValueError, match="POOLKIT_FUSED='sometimes'"):
+        poolkit.layers.fused._mode_from_environment()
+
+
+def test_saved_for_backward_is_the_input_and_m() -> None:
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(t)
+        return t
+
+    with use_fused_kernels("on"), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        window_max_mean(x, PoolGeometry.create(2))
+    assert [tuple(t.shape) for t in saved] == [(2, 8, 16, 16), (2, 8, 8, 8)]
+    assert saved[0].data_ptr() == x.data_ptr()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("ties", [False, True], ids=["distinct", "ties"])
+def test_fused_top_k_mean_equals_unfold_and_topk(channels_last: bool, ties: bool) -> None:
+    reseed(5)
+    checked = 0
+    for (k, s, p, d, c), (h, w) in itertools.product(GEOMETRIES, SIZES[:2]):
+        try:
+            g = PoolGeometry.create(k, s, p, d, c)
+            g.output_size(h, w)
+        except ValueError:
+            continue
+        for top in range(2, g.area):
+            if poolkit.layers.windows.min_window_count(g, h, w) < top:
+                continue
+            x = torch.randn(2, 3, h, w, dtype=torch.float64)
+            if ties:
+                x = x.mul(1.5).round().clamp(min=0)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            results = []
+            for mode in ("off", "on"):
+                leaf = x.clone().requires_grad_()
+                with use_fused_kernels(mode):
+                    y = window_topk_mean_fused(leaf, g, top)
+                weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+                results.append((y, torch.autograd.grad((y * weight).sum(), leaf)[0]))
+            (y0, g0), (y1, g1) = results
+            torch.testing.assert_close(y1, y0, msg=f"{g}, K={top}")
+            if not ties:  # with ties topk picks some of the equal cells; the fused path shares among them
+                torch.testing.assert_close(g1, g0, msg=f"{g}, K={top}")
+            torch.testing.assert_close(g1.sum(), g0.sum())
+            checked += 1
+    assert checked > 100
+
+
+def test_top_k_ties_share_the_remaining_places() -> None:
+    # top-4 of {2, 1, 1, 1, 1, 0, 0, 0, 0}: 2 and three of the four 1s; each 1 gets 3/4 of a quarter.
+    x = torch.tensor([[[[1.0, 1.0, 1.0], [1.0, 0.0, 2.0], [0.0, 0.0, 0.0]]]], requires_grad=True)
+    with use_fused_kernels("on"):
+        y = window_topk_mean_fused(x, PoolGeometry.create(3), 4)
+    assert y.item() == 1.25
+    (grad,) = torch.autograd.grad(y, x)
+    assert grad.tolist() == [[[[0.1875, 0.1875, 0.1875], [0.1875, 0.0, 0.25], [0.0, 0.0, 0.0]]]]
+
+
+@pytest.mark.parametrize(("k", "s", "p", "top"), [(3, 2, 1, 4), (3, 3, 0, 2), (2, 1, 0, 3)])
+def test_top_k_gradcheck_float64(k: int, s: int, p: int, top: int) -> None:
+    reseed(6)
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    g = PoolGeometry.create(k, s, p)
+    with use_fused_kernels("on"):
+        assert torch.autograd.gradcheck(lambda t: window_topk_mean_fused(t, g, top), (x,))
