@@ -24,6 +24,7 @@ from poolkit.experiments.config import (
     parse_time_limit,
     update_slurm,
 )
+from poolkit.train.cli import positive_int
 
 __all__ = ["add_arguments", "add_reproduce_arguments", "main", "reproduce_main"]
 
@@ -63,7 +64,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--launcher", choices=("local", "slurm"), default="local", help="default: local")
     where.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="local launcher: runs at a time, each in its own process with max(1, cores // N) torch "
         "threads (default: the sweep's local.workers, else 1); with several GPUs, worker i uses GPU i mod n",
@@ -123,16 +124,6 @@ def _presets() -> list[str]:
         return []
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``poolkit sweep``."""
     parser.description = (
@@ -169,15 +160,15 @@ _SLURM_FLAGS: list[tuple[str, str, Any, str, str]] = [
         "time limit of each task: minutes (720), HH:MM:SS or D-HH:MM:SS; a run that needs longer is "
         "requeued and resumes from its checkpoint",
     ),
-    ("--gpus-per-node", "gpus_per_node", _positive_int, "N", "GPUs per task's node (one run's GPUs)"),
+    ("--gpus-per-node", "gpus_per_node", positive_int, "N", "GPUs per task's node (one run's GPUs)"),
     (
-        "--tasks-per-node", "tasks_per_node", _positive_int, "N",
+        "--tasks-per-node", "tasks_per_node", positive_int, "N",
         "processes per run: N > 1 trains each run with DDP on N GPUs of one node (with --gpus-per-node N)",
     ),
-    ("--cpus-per-task", "cpus_per_task", _positive_int, "N", "CPUs per task"),
+    ("--cpus-per-task", "cpus_per_task", positive_int, "N", "CPUs per task"),
     ("--mem-gb", "mem_gb", _positive_float, "GB", "memory per node in GB (sbatch --mem)"),
     (
-        "--array-parallelism", "array_parallelism", _positive_int, "N",
+        "--array-parallelism", "array_parallelism", positive_int, "N",
         "at most N runs at once (sbatch --array=...%%N)",
     ),
     ("--account", "account", str, "NAME", "sbatch --account"),

@@ -31,7 +31,15 @@ import yaml
 
 from poolkit.train.config import RunConfig, load_config_file, yaml_scalar
 
-__all__ = ["EXIT_BUSY", "add_arguments", "build_parser", "config_from_args", "launch_processes", "main"]
+__all__ = [
+    "EXIT_BUSY",
+    "add_arguments",
+    "build_parser",
+    "config_from_args",
+    "launch_processes",
+    "main",
+    "positive_int",
+]
 
 #: Exit status when the run directory is being trained by another process (BSD's EX_TEMPFAIL).
 EXIT_BUSY = 75
@@ -118,14 +126,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log one line per epoch)")
     parser.add_argument(
-        "--nproc", type=_positive_int, default=None, metavar="N",
+        "--nproc", type=positive_int, default=None, metavar="N",
         help="train data-parallel on N processes of this machine (one per GPU; Gloo on CPU), started "
         "with torchrun's launcher (torch.distributed.run --standalone); --batch-size stays the global "
         "batch and must be divisible by N. Multi-node: use torchrun or --launcher slurm instead",
     )  # fmt: skip
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer, with a message naming the bad value."""
     try:
         value = int(text)
     except ValueError:
