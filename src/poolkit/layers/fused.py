@@ -257,7 +257,7 @@ class _MaxMean(torch.autograd.Function):
             for cell in rest:
                 part = _sub(a, cell, out)
                 part.add_(_view(x, cell, geometry.stride))
-            _divide_by_count(a, geometry, height, width)
+            _divide_by_count(a, geometry, height, width, a)
         ctx.geometry = geometry
         ctx.save_for_backward(x, m)
         ctx.set_materialize_grads(False)
@@ -273,8 +273,10 @@ class _MaxMean(torch.autograd.Function):
         height, width = x.shape[-2:]
         out, cells, tiles = _plan(geometry, height, width)
         fmt = _memory_format(x)
-        grad_x = torch.empty_like(x, memory_format=fmt) if tiles else torch.zeros_like(x, memory_format=fmt)
-        share = None if grad_a is None else _divided_by_count(grad_a, geometry, height, width, fmt)
+        grad_x = _grad_buffer(x, tiles, fmt)
+        share = None  # gA / n, once per output cell
+        if grad_a is not None:
+            share = _divide_by_count(grad_a, geometry, height, width, torch.empty_like(m))
         if grad_m is not None:
             grad_m = grad_m.contiguous(memory_format=fmt)
         # hit: 1.0 where cell t holds its window's first maximum, kept in the gradient's dtype so that one
@@ -319,8 +321,10 @@ class _TopKMean(torch.autograd.Function):
         fmt = _memory_format(x)
         shape = (x.shape[0], x.shape[1], *out)
         # top[l] holds the (l+1)-th largest value seen so far in each window (-inf until filled).
-        top = [torch.full(shape, float("-inf"), dtype=x.dtype, device=x.device) for _ in range(k)]
-        top = [t.contiguous(memory_format=fmt) for t in top]
+        top = [
+            torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt).fill_(float("-inf"))
+            for _ in range(k)
+        ]
         # Buffers reused for every cell: fresh output-sized allocations would page-fault on each one.
         entering = [torch.empty_like(top[0]) for _ in range(k - 1)]
         for cell in cells:
@@ -364,7 +368,7 @@ class _TopKMean(torch.autograd.Function):
         # Each cell equal to the K-th value takes an equal part of the K - (cells above) remaining places.
         grad_k = grad.contiguous(memory_format=fmt) * (1.0 / k)
         tie_grad = (k - above).div_(equal).mul_(grad_k)
-        grad_x = torch.empty_like(x, memory_format=fmt) if tiles else torch.zeros_like(x, memory_format=fmt)
+        grad_x = _grad_buffer(x, tiles, fmt)
         tie = torch.empty_like(kth, memory_format=fmt)
         for cell in cells:
             v, threshold = _view(x, cell, geometry.stride), _sub(kth, cell, out)
@@ -393,20 +397,17 @@ def _compare_into(mask: Tensor, compare: Any, view: Tensor, other: Tensor, fmt: 
         mask.copy_(compare(view, other))
 
 
-def _divide_by_count(y: Tensor, geometry: PoolGeometry, height: int, width: int) -> None:
-    """``y /= n`` in place, n the number of real cells of each window (a constant when none is cut)."""
-    if min_window_count(geometry, height, width) == geometry.area:
-        y.mul_(1.0 / geometry.area)
-    else:
-        y.div_(window_count(geometry, height, width, y.device).to(y.dtype))
+def _grad_buffer(x: Tensor, tiles: bool, fmt: torch.memory_format) -> Tensor:
+    """The input gradient to fill: uninitialised where the windows tile the input (every cell gets written
+    once), zeros where they overlap or leave cells out (the cells are accumulated into)."""
+    return torch.empty_like(x, memory_format=fmt) if tiles else torch.zeros_like(x, memory_format=fmt)
 
 
-def _divided_by_count(
-    y: Tensor, geometry: PoolGeometry, height: int, width: int, fmt: torch.memory_format
-) -> Tensor:
-    """A new tensor ``y / n`` in memory format ``fmt`` (``y`` itself is left alone)."""
+def _divide_by_count(y: Tensor, geometry: PoolGeometry, height: int, width: int, out: Tensor) -> Tensor:
+    """``out = y / n``, n the number of real cells of each window (a constant when none is cut).
+
+    ``out`` may be ``y`` itself (in place).
+    """
     if min_window_count(geometry, height, width) == geometry.area:
-        divided = torch.empty_like(y, memory_format=fmt)
-        return torch.mul(y, 1.0 / geometry.area, out=divided)
-    divided = torch.empty_like(y, memory_format=fmt)
-    return torch.div(y, window_count(geometry, height, width, y.device).to(y.dtype), out=divided)
+        return torch.mul(y, 1.0 / geometry.area, out=out)
+    return torch.div(y, window_count(geometry, height, width, y.device).to(y.dtype), out=out)
