@@ -16,6 +16,8 @@ MODULES = [
     "poolkit.layers.blend",
     "poolkit.layers.attention",
     "poolkit.layers.literature",
+    "poolkit.layers.fused",
+    "poolkit.text",
 ]
 
 

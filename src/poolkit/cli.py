@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+from poolkit.text import align_columns
+
 __all__ = ["COMMANDS", "CommandUnavailable", "build_parser", "main"]
 
 
@@ -151,8 +153,7 @@ def _add_list_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(align_columns(rows))
 
 
 def _list_pools(family: str | None) -> str:

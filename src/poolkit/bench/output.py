@@ -21,6 +21,7 @@ from poolkit.bench.models import ModelResult
 from poolkit.bench.ops import CLONE, COPY, OpResult
 from poolkit.bench.targets import TargetResult
 from poolkit.io import atomic_write_csv, atomic_write_json
+from poolkit.text import align_columns
 
 __all__ = [
     "environment",
@@ -89,17 +90,7 @@ def format_op_group(rows: Sequence[OpResult]) -> str:
     if not rows:
         return ""
     header, cells, notes = _op_table_rows(rows)
-    table = [header, *cells]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    text = [f"== {_group_title(rows[0])} =="]
-    for line in table:
-        text.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(line, widths, strict=True))
-            )
-        )
-    text.extend(notes)
+    text = [f"== {_group_title(rows[0])} ==", *align_columns([header, *cells], right=True), *notes]
     return "\n".join(text)
 
 
@@ -150,17 +141,7 @@ def format_model_table(rows: Sequence[ModelResult], markdown: bool = False) -> s
 
 
 def _text_table(title: str, header: list[str], cells: list[list[str]]) -> str:
-    table = [header, *cells]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
-    lines = [title]
-    for line in table:
-        lines.append(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(line, widths, strict=True))
-            ).rstrip()
-        )
-    return "\n".join(lines)
+    return "\n".join([title, *align_columns([header, *cells], right=True)])
 
 
 def _markdown_table(title: str, header: list[str], cells: list[list[str]], notes: Sequence[str] = ()) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from poolkit.experiments.config import PoolEntry, SweepConfig, SweepConfigError
+from poolkit.text import align_columns
 
 __all__ = [
     "LauncherError",
@@ -429,15 +430,8 @@ def results_table(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) ->
                         text += f" [{len(values)}/{planned[key]}]"
                     out.append(text)
             grid.append(out)
-        widths = [max(len(r[i]) for r in grid) for i in range(len(grid[0]))]
         lines.append("")
-        for r in grid:
-            lines.append(
-                "  ".join(
-                    c.ljust(w) if i == 0 else c.rjust(w)
-                    for i, (c, w) in enumerate(zip(r, widths, strict=True))
-                ).rstrip()
-            )
+        lines.extend(align_columns(grid, right=True))
     return "\n".join(lines)
 
 
@@ -799,7 +793,5 @@ def format_status(statuses: Sequence[RunStatus], out_dir: str | os.PathLike[str]
                 r.detail,
             ]
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    lines.extend(align_columns(rows))
     return "\n".join(lines)
