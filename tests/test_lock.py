@@ -165,8 +165,12 @@ def test_a_run_taken_over_while_training_stops_without_writing(
 
     def taken_over(epoch: int, row: dict) -> None:
         if epoch == 1:
-            foreign_lock(run, age=0.0, host="another-node")
-            time.sleep(0.3)  # the holder's next heartbeat finds the other token
+            # Written again and again for 0.3 s: a heartbeat that read its own token just before one write
+            # may overwrite it, but the holder's next heartbeat finds the other token and stops beating.
+            deadline = time.monotonic() + 0.3
+            while time.monotonic() < deadline:
+                foreign_lock(run, age=0.0, host="another-node")
+                time.sleep(0.01)
 
     with pytest.raises(RunLockLost, match="another process took this run over"):
         train_run(TINY, run, progress=False, on_epoch=taken_over)
