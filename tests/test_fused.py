@@ -201,21 +201,50 @@ def test_fused_top_k_mean_equals_unfold_and_topk(channels_last: bool, ties: bool
                 results.append((y, torch.autograd.grad((y * weight).sum(), leaf)[0]))
             (y0, g0), (y1, g1) = results
             torch.testing.assert_close(y1, y0, msg=f"{g}, K={top}")
-            if not ties:  # with ties topk picks some of the equal cells; the fused path shares among them
-                torch.testing.assert_close(g1, g0, msg=f"{g}, K={top}")
-            torch.testing.assert_close(g1.sum(), g0.sum())
+            # One tie rule on both paths: the cells equal to the K-th value share its remaining places.
+            torch.testing.assert_close(g1, g0, msg=f"{g}, K={top}")
             checked += 1
     assert checked > 100
 
 
-def test_top_k_ties_share_the_remaining_places() -> None:
+@pytest.mark.parametrize("mode", ["on", "off"], ids=["fused", "reference"])
+def test_top_k_ties_share_the_remaining_places(mode: str) -> None:
     # top-4 of {2, 1, 1, 1, 1, 0, 0, 0, 0}: 2 and three of the four 1s; each 1 gets 3/4 of a quarter.
     x = torch.tensor([[[[1.0, 1.0, 1.0], [1.0, 0.0, 2.0], [0.0, 0.0, 0.0]]]], requires_grad=True)
-    with use_fused_kernels("on"):
+    with use_fused_kernels(mode):
         y = window_topk_mean_fused(x, PoolGeometry.create(3), 4)
     assert y.item() == 1.25
     (grad,) = torch.autograd.grad(y, x)
     assert grad.tolist() == [[[[0.1875, 0.1875, 0.1875], [0.1875, 0.0, 0.25], [0.0, 0.0, 0.0]]]]
+
+
+def test_top_k_tie_rule_on_clipped_windows() -> None:
+    # 3x3 windows, stride 2, padding 1 on a 3x3 input: the corner window has 4 real cells {3, 3, 1, 3}.
+    # K = 4 takes all of them (g / 4 each); the centre-free geometry keeps K = 2 < 4 real cells.
+    x = torch.tensor([[[[3.0, 3.0, 0.0], [1.0, 3.0, 0.0], [0.0, 0.0, 0.0]]]], requires_grad=True)
+    g = PoolGeometry.create(3, 2, 1)
+    y = poolkit.layers.windows.window_topk_mean(x, g, 2)  # top-2 of {3, 3, 1, 3}: the three 3s share
+    assert y[0, 0, 0, 0].item() == 3.0
+    (grad,) = torch.autograd.grad(y[0, 0, 0, 0], x)
+    third = 1 / 3
+    torch.testing.assert_close(
+        grad, torch.tensor([[[[third, third, 0.0], [0.0, third, 0.0], [0.0, 0.0, 0.0]]]])
+    )
+    # K = 5 on a window of 4 real cells is clipped to 4: the mean of the real cells, each g / 4.
+    y5 = poolkit.layers.windows.window_topk_mean(x, g, 5)
+    assert y5[0, 0, 0, 0].item() == 2.5
+    (grad5,) = torch.autograd.grad(y5[0, 0, 0, 0], x)
+    torch.testing.assert_close(
+        grad5, torch.tensor([[[[0.25, 0.25, 0.0], [0.25, 0.25, 0.0], [0.0, 0.0, 0.0]]]])
+    )
+
+
+@pytest.mark.parametrize(("k", "s", "p", "top"), [(3, 2, 1, 4), (3, 2, 1, 5), (2, 1, 0, 3)])
+def test_reference_top_k_gradcheck_float64(k: int, s: int, p: int, top: int) -> None:
+    reseed(7)
+    x = torch.randn(2, 2, 7, 6, dtype=torch.float64, requires_grad=True)
+    g = PoolGeometry.create(k, s, p)
+    assert torch.autograd.gradcheck(lambda t: poolkit.layers.windows.window_topk_mean(t, g, top), (x,))
 
 
 @pytest.mark.parametrize(("k", "s", "p", "top"), [(3, 2, 1, 4), (3, 3, 0, 2), (2, 1, 0, 3)])

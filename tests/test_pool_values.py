@@ -13,6 +13,7 @@ import torch
 
 import poolkit
 import poolkit.functional as PF
+from pools import reseed
 
 X = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
 VALUES = [0.1, 0.2, 0.05, 0.25]
@@ -63,7 +64,7 @@ def test_literal_numbers_of_the_worked_example():
 
 
 def test_every_method_has_a_worked_example():
-    hand_made = {"attention", "lip"}  # depend on conv weights: see the two tests below
+    hand_made = {"attention", "lip"}  # depend on conv weights: see the tests below
     assert set(WORKED_EXAMPLE) | hand_made == set(poolkit.list_pools())
 
 
@@ -103,12 +104,49 @@ def test_lip_with_identity_logit_conv():
     assert 0.15 < expected < 0.25  # importance favours the larger cells
 
 
-def test_lip_constant_logits_give_the_average():
+def test_lip_starts_as_average_pooling():
+    """The authors' initialisation (zero logit convolution): constant logits, y = A, on any input."""
     pool = poolkit.create_pool("lip", 2, channels=1)
-    with torch.no_grad():
-        pool.logit_conv.weight.zero_()
-    assert pool(X).item() == pytest.approx(0.15, abs=1e-6)
+    assert pool(X).item() == pytest.approx(0.15, abs=1e-6)  # the worked example of docs/methods.md
+    assert not pool.logit_conv.weight.any()
+    reseed(11)
+    wide = poolkit.create_pool("lip", 3, 2, 1, channels=6)
+    x = torch.randn(2, 6, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(
+        wide.double()(x), torch.nn.functional.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+    )
     assert sum(p.numel() for p in poolkit.create_pool("lip", 2, channels=8).parameters()) == 9 * 64 + 2 * 8
+
+
+def test_attention_eps_shrinks_a_window_of_small_scores():
+    """y = s * (convex combination), s = sum a / (sum a + eps): large when every score is tiny."""
+    pool = poolkit.create_pool("attention", 2, channels=1)
+    with torch.no_grad():
+        for p in pool.parameters():
+            p.zero_()
+        pool.score.bias.fill_(-14.0)  # every score sigmoid(-14) = 8.3153e-7
+    a = sigmoid(-14.0)
+    expected = 4 * a / (4 * a + 1e-6)
+    assert round(expected, 3) == 0.769
+    y = pool(torch.ones(1, 1, 2, 2, dtype=torch.float64).float())
+    assert y.item() == pytest.approx(expected, rel=1e-4)
+    assert y.item() < 1.0  # below the window's minimum: the formula, not rounding
+
+
+def test_lp_gradient_of_an_all_zero_window_is_zero_as_torch():
+    x = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    x[0, 0, 0, 0] = 2.0  # one non-zero window, three all-zero windows
+    for p in (1.0, 2.0, 3.0):
+        ours = x.clone().requires_grad_()
+        theirs = x.clone().requires_grad_()
+        y = poolkit.functional.lp_pool2d(ours, 2, norm_type=p)
+        y_torch = torch.nn.LPPool2d(p, 2)(theirs)
+        torch.testing.assert_close(y, y_torch)
+        y.sum().backward()
+        y_torch.sum().backward()
+        assert torch.isfinite(ours.grad).all(), p
+        torch.testing.assert_close(ours.grad, theirs.grad)
+        assert ours.grad[0, 0, 0, 0].item() == pytest.approx(1.0)  # d/dx (x^p)^(1/p) = 1 for one cell
 
 
 def test_threshold_switch_and_k():

@@ -265,6 +265,17 @@ def test_ablation_grid(study):
     assert "T-Max-Avg" not in others and "Stochastic Mix | kappa=4.0" in others
 
 
+def test_ablation_labels_the_k1_row_as_max_pooling(tmp_path):
+    runs = tmp_path / "runs"
+    for k in (1, 2):
+        for t in (0.3, 0.6):
+            make_run(runs, pool="tmaxavg", seed=0, epochs=2, pool_options={"k": k, "threshold": t},
+                     top1=70.0 + k + t)  # fmt: skip
+    md = (build_report(runs, tmp_path / "report").parent / "report.md").read_text()
+    assert "| K=1 (= max pooling) |" in md
+    assert "| K=2 |" in md
+
+
 def test_single_seed_sweep_says_no_interval(tmp_path):
     runs = tmp_path / "runs"
     for pool, top1 in (("max", 70.0), ("tmaxavg", 70.4), ("channel_adaptive", 71.1)):

@@ -7,16 +7,21 @@ the two processes: the last global batch (13 images) is shared 7 + 6, the valida
 What is checked:
 
 * one step of DDP with ``sync_bn`` computes the single-process gradient of the same global batch, up to
-  float rounding (relative error below 1e-5; measured 4e-6), also for an odd batch shared 16 + 15;
+  float rounding, also for an odd batch shared 16 + 15: against the exact (float64) step, DDP's float32
+  error is at most ``YARDSTICK_FACTOR`` times one float32 process's own error on the same machine;
 * the ranks end with bit-identical parameters (every rank's SHA-256 is in ``result.json``, and rank
   0's is that of the saved checkpoint);
-* with ``sync_bn`` a whole run matches a single-process run of the same global batch within a relative
-  L2 distance of ``SYNC_TOLERANCE`` between the final weights (measured: 1.0e-4) and 2e-3 relative on
-  the losses. The only difference is the order of floating-point sums (each rank reduces half the batch,
-  then gradients and BatchNorm statistics are summed across ranks); SGD amplifies such differences over
-  the steps (after a third epoch at this learning rate the distance had grown to 7e-3), so the
-  tolerance holds for short runs, not for 200 epochs. Without ``sync_bn`` each rank normalises its
-  half-batch with its own statistics: another computation (measured distance 0.3 after 2 epochs);
+* with ``sync_bn`` a whole run matches a single-process run of the same global batch as closely as two
+  single-process runs that differ only in their order of floating-point sums. The only difference between
+  DDP and one process is that order (each rank reduces half the batch, then gradients and BatchNorm
+  statistics are summed across ranks), and SGD amplifies such differences over the steps by an amount
+  that depends on the CPU's kernels: the distance between the final weights was 1.0e-4 on an Intel Xeon
+  and 4.7e-3 on an AMD EPYC. So the tolerance is not a fixed figure: it is a yardstick measured in the
+  same test on the same machine, the same single-process run with 2 threads instead of 1 (another
+  summation order in the convolutions' kernels), times ``YARDSTICK_FACTOR`` (measured: Xeon DDP 1.0e-4
+  vs yardstick 3.1e-4; EPYC (AVX-512) DDP 3.4e-5 vs yardstick 2.9e-5). Without ``sync_bn`` each rank
+  normalises its half-batch with its own statistics: another computation (measured distance 0.3 after 2
+  epochs), far outside the tolerance;
 * a run whose processes are all killed (SIGKILL) after a checkpoint resumes with ``--resume`` and ends
   bit-identical to the uninterrupted run;
 * ``--nproc`` exits with the failing process's status (75: the run directory is locked by another
@@ -58,8 +63,12 @@ CONFIG: dict[str, Any] = {
     "threads": 1,
     "device": "cpu",
 }
-#: Relative L2 distance allowed between the final weights of a 2-process sync_bn run and a 1-process run.
-SYNC_TOLERANCE = 1e-3
+#: DDP may differ from one process by this many times what one process differs from itself when only its
+#: summation order changes (1 vs 2 threads), measured in the same test on the same machine.
+YARDSTICK_FACTOR = 10.0
+#: The yardstick is never taken below float32 rounding accumulated over the run's ~32 steps: a machine
+#: whose kernels sum in the same order for 1 and 2 threads would otherwise allow no difference at all.
+ROUNDING_FLOOR = float(torch.finfo(torch.float32).eps) * 32
 
 
 def _command(out: Path, *extra: str) -> list[str]:
@@ -141,17 +150,31 @@ def test_one_ddp_step_with_sync_bn_is_the_single_process_step(tmp_path: Path) ->
     assert [process.exitcode for process in ranks] == [0, 0]
     got = torch.load(out, weights_only=True)
     torch.set_num_threads(1)
-    model = _one_step_model()
-    x, y = _one_step_batch()
-    (torch.nn.functional.cross_entropy(model(x), y, reduction="sum") / 31).backward()
-    expected = {n: p.grad for n, p in model.named_parameters()}
-    expected.update({f"buffer:{n}": b for n, b in model.named_buffers()})
-    assert got.keys() == expected.keys()
-    for name, want in expected.items():
+
+    def one_process(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        model = _one_step_model().to(dtype)
+        x, y = _one_step_batch()
+        (torch.nn.functional.cross_entropy(model(x.to(dtype)), y, reduction="sum") / 31).backward()
+        state = {n: p.grad for n, p in model.named_parameters()}
+        state.update({f"buffer:{n}": b for n, b in model.named_buffers()})
+        return state
+
+    # The exact step is the float64 one; one float32 process misses it by its own rounding, on this machine's
+    # kernels. DDP in float32 may miss it by at most YARDSTICK_FACTOR times that (or float32's epsilon).
+    exact, single = one_process(torch.float64), one_process(torch.float32)
+    assert got.keys() == exact.keys() == single.keys()
+
+    def error(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a.double() - b).norm() / b.norm().clamp_min(1e-12))
+
+    for name, want in exact.items():
         if name.endswith(".conv1.bias") or name.endswith(".conv2.bias"):
             continue  # a bias before BatchNorm has no effect: its gradient is 0 plus rounding noise
-        error = float((got[name].double() - want.double()).norm() / want.double().norm().clamp_min(1e-12))
-        assert error < 1e-5, (name, error)
+        if want.dtype == torch.int64:  # num_batches_tracked
+            assert torch.equal(got[name], want), name
+            continue
+        own = max(error(single[name], want), float(torch.finfo(torch.float32).eps))
+        assert error(got[name], want) <= YARDSTICK_FACTOR * own, (name, error(got[name], want), own)
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +188,12 @@ def single(runs: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
+def single_two_threads(runs: Path) -> dict[str, Any]:
+    """The yardstick: the same single-process run, another summation order (2 threads)."""
+    return train_run({**CONFIG, "threads": 2}, runs / "single-2-threads", progress=False)
+
+
+@pytest.fixture(scope="module")
 def ddp_sync(runs: Path) -> dict[str, Any]:
     done = _train(runs / "ddp-sync", "--sync-bn")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -174,7 +203,7 @@ def ddp_sync(runs: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 def test_ranks_end_with_identical_parameters_and_match_a_single_process_with_sync_bn(
-    runs: Path, single: dict[str, Any], ddp_sync: dict[str, Any]
+    runs: Path, single: dict[str, Any], single_two_threads: dict[str, Any], ddp_sync: dict[str, Any]
 ) -> None:
     assert ddp_sync["world_size"] == 2 and ddp_sync["sync_bn"] is True
     digests = ddp_sync["params_sha256"]
@@ -194,14 +223,24 @@ def test_ranks_end_with_identical_parameters_and_match_a_single_process_with_syn
     with torch.no_grad():
         x, y = next(iter(loader))
         loss = float(torch.nn.functional.cross_entropy(model(x), y))
-    assert loss == pytest.approx(ddp_sync["val_loss"], rel=1e-5)
+        exact = float(torch.nn.functional.cross_entropy(model.double()(x.double()), y))
+    # Equal up to float32 rounding of the forward pass; its size is measured here against float64.
+    own = max(abs(loss - exact), float(torch.finfo(torch.float32).eps)) / exact
+    assert abs(loss - ddp_sync["val_loss"]) / exact <= YARDSTICK_FACTOR * own, (loss, ddp_sync["val_loss"])
 
+    yardstick = max(
+        _relative_distance(_weights(runs / "single-2-threads"), _weights(runs / "single")), ROUNDING_FLOOR
+    )
     distance = _relative_distance(_weights(runs / "ddp-sync"), _weights(runs / "single"))
-    assert distance < SYNC_TOLERANCE, distance
+    assert distance <= YARDSTICK_FACTOR * yardstick, (distance, yardstick)
     for key in ("train_loss", "test_loss", "val_loss"):
-        assert ddp_sync[key] == pytest.approx(single[key], rel=2e-3), key
-    for key in ("train_top1", "test_top1", "val_top1"):  # at most one image's worth
-        assert abs(ddp_sync[key] - single[key]) <= 100 / 51 + 1e-9, key
+        # A loss moves with the weights: relative to the same yardstick, or to the loss's own yardstick.
+        own = abs(single_two_threads[key] - single[key]) / abs(single[key])
+        allowed = YARDSTICK_FACTOR * max(yardstick, own)
+        assert abs(ddp_sync[key] - single[key]) / abs(single[key]) <= allowed, (key, allowed)
+    for key in ("train_top1", "test_top1", "val_top1"):  # one image's worth, or the yardstick's change
+        own = abs(single_two_threads[key] - single[key])
+        assert abs(ddp_sync[key] - single[key]) <= max(100 / 51 + 1e-9, YARDSTICK_FACTOR * own), key
     assert single["world_size"] == 1 and single["params_sha256"] == [
         parameters_digest(load_run(runs / "single")[0])
     ]

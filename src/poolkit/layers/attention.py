@@ -4,8 +4,9 @@
 * ``softpool`` (Stergiou et al. 2021): weights ``exp(x)``, i.e. a softmax over the window.
 * ``lip`` (Gao et al. 2019, local importance pooling): weights ``exp(logit)`` from a conv block.
 
-Every output is a convex combination of its window's real cells (up to ``eps`` for attention), so
-``min_R x <= y <= max_R x``.
+Every output of softpool and lip is a convex combination of its window's real cells, so
+``min_R x <= y <= max_R x``. Attention's ``eps`` scales its convex combination by ``sum_R a / (sum_R a + eps)``,
+which is close to 1 only while the window's attention sum is large against ``eps`` (see ``AttentionPool``).
 """
 
 from __future__ import annotations
@@ -126,6 +127,10 @@ def _lip_logits(
 ) -> Tensor:
     h = F.conv2d(x, conv_weight.to(x.dtype), padding=conv_weight.shape[-1] // 2)
     # Affine instance norm written out (F.group_norm refuses 1x1 maps; here they normalise to the bias).
+    # In at least float32: its backward has (var + eps)^(-3/2), 3e7 for a constant map (LIP's start),
+    # which overflows float16 to inf and turns the gradient into inf * 0 = NaN under float16 autocast.
+    if h.element_size() < 4:
+        h = h.float()
     var, mean = torch.var_mean(h, dim=(-2, -1), keepdim=True, correction=0)
     h = (h - mean) * torch.rsqrt(var + norm_eps)
     h = h * norm_weight.to(h.dtype).view(1, -1, 1, 1) + norm_bias.to(h.dtype).view(1, -1, 1, 1)
@@ -137,7 +142,7 @@ def _lip(
 ) -> Tensor:
     logits = _lip_logits(x, conv_weight, norm_weight, norm_bias, norm_eps)
     # Logits lie in [0, 12]; exp(logit - 12) in [e^-12, 1] gives the same ratio and fits float16.
-    return window_weighted_mean(x, torch.exp(logits - _LIP_GATE), g)
+    return window_weighted_mean(x, torch.exp(logits - _LIP_GATE).to(x.dtype), g)
 
 
 def lip_pool2d(
@@ -184,6 +189,12 @@ class AttentionPool(Pool2d):
     bias and PyTorch's default initialisation. Needs ``channels``.
 
     Parameters per layer: ``h (C + 2) + 1`` with ``h = max(C // reduction, 8)``.
+
+    ``eps`` keeps the division defined, at a price: ``y = s * (sum_R x a / sum_R a)`` with
+    ``s = sum_R a / (sum_R a + eps)``, a convex combination of the window shrunk towards 0 by ``s``. While
+    the scores are not small (``sum_R a >> eps``) ``s ~ 1 - eps / sum_R a`` is about ``1 - 1e-6``; when the
+    network drives every score of a window towards 0 the shrink is large (scores ``sigmoid(-14)`` on a 2x2
+    window: ``s = 0.769``, so an all-ones window gives 0.769), and y may fall below the window's minimum.
 
     Example:
         >>> pool = AttentionPool(2, channels=16)
@@ -263,12 +274,15 @@ class LIPPool(Pool2d):
     Gao et al.'s soft gate), ``y = sum_R e^l x / sum_R e^l``: a learned, per-channel importance map.
     The instance norm's affine weights live in a ``GroupNorm(C, C)`` (the same normalisation); it is
     computed directly so that 1x1 maps are defined (they normalise to the bias).
-    Needs ``channels``. Parameters per layer: ``9 C^2 + 2 C``.
+    The logit convolution starts at zero, as in the authors' code, so a new layer is exactly average
+    pooling and learns its importance map from there. Needs ``channels``. Parameters per layer:
+    ``9 C^2 + 2 C``.
 
     Example:
-        >>> pool = LIPPool(2, channels=4)
-        >>> pool(torch.rand(2, 4, 8, 8)).shape
-        torch.Size([2, 4, 4, 4])
+        >>> pool = LIPPool(2, channels=1)
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(pool(x).item(), 6)   # at initialisation: the average
+        0.15
     """
 
     needs_channels = True
@@ -289,6 +303,16 @@ class LIPPool(Pool2d):
         assert channels is not None
         self.logit_conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False, device=device, dtype=dtype)
         self.logit_norm = nn.GroupNorm(channels, channels, device=device, dtype=dtype)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The authors' initialisation: a zero logit convolution, so LIP starts as average pooling.
+
+        With ``conv = 0`` every logit is ``12 sigmoid(bias) = 6``: equal weights, ``y = A`` exactly
+        (Gao et al.'s code fills the logit convolution with zeros in ``init_layer``).
+        """
+        nn.init.zeros_(self.logit_conv.weight)
+        self.logit_norm.reset_parameters()
 
     def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
         return _lip(x, geometry, **self.functional_kwargs())  # type: ignore[arg-type]

@@ -69,7 +69,11 @@ def avg_pool2d(
 
 
 def _lp(x: Tensor, g: PoolGeometry, norm_type: float) -> Tensor:
-    return window_sum(x.pow(norm_type), g).pow(1.0 / norm_type)
+    total = window_sum(x.pow(norm_type), g)
+    # The root's derivative is infinite at a zero sum; as nn.LPPool2d, an all-zero window gets gradient 0
+    # (a where() on both sides, so that no inf * 0 reaches the backward pass).
+    zero = total == 0
+    return torch.where(zero, torch.zeros_like(total), torch.where(zero, 1.0, total).pow(1.0 / norm_type))
 
 
 def lp_pool2d(
@@ -85,8 +89,8 @@ def lp_pool2d(
     """Power-average pooling as :class:`torch.nn.LPPool2d`: ``y = (sum_{i in R} x_i^p)^(1/p)``.
 
     ``p = norm_type``: ``p = 1`` is sum pooling, ``p -> inf`` tends to max pooling. As in PyTorch, a
-    negative sum (odd ``p``, negative inputs) has no real root and gives NaN; the gradient at a zero sum
-    is infinite. Padding adds nothing to the sum.
+    negative sum (odd ``p``, negative inputs) has no real root and gives NaN, and an all-zero window
+    (y = 0, where the root is not differentiable) gets gradient 0. Padding adds nothing to the sum.
 
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])

@@ -373,7 +373,15 @@ def unfold_windows(x: Tensor, geometry: PoolGeometry, fill: float) -> Tensor:
 def window_topk_mean(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
     """T_K: the mean of the ``k`` largest real cells of each window (``k`` clipped to the count ``n``).
 
-    ``k >= kh * kw`` is the plain mean A and ``k == 1`` the maximum M; both use native kernels.
+    ``k >= kh * kw`` is the plain mean A and ``k == 1`` the maximum M; both use native kernels (M with
+    max pooling's gradient rule: the first maximum in row-major order takes it all).
+
+    For ``1 < k < kh * kw`` the gradient follows poolkit's one top-K tie rule, the same on every path
+    (this reference, the fused CPU kernels): with t the K-th largest value of the window, each cell
+    strictly above t gets ``g / K``, and the cells equal to t share the remaining ``(K - #above) / K * g``
+    equally. The value is unchanged (the K largest values summed); only which tied cell receives the
+    gradient is fixed, where ``topk`` would pick one of them arbitrarily. Written as
+    ``y = (sum_{x > t} x + (K - #above) * mean_{x == t} x) / K`` with t detached.
     """
     g = geometry
     if k >= g.area:
@@ -381,9 +389,21 @@ def window_topk_mean(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
     if k == 1:
         return window_max(x, g)
     height, width = x.shape[-2:]
-    top = unfold_windows(x, g, float("-inf")).topk(k, dim=-1).values
-    if min_window_count(g, height, width) >= k:
-        return top.mean(-1)
-    taken = window_count(g, height, width, x.device).clamp(max=k)
-    keep = torch.arange(k, device=x.device) < taken[..., None]
-    return top.masked_fill(~keep, 0.0).sum(-1) / taken.clamp_min(1).to(x.dtype)
+    windows = unfold_windows(x, g, float("-inf"))
+    kth = windows.detach().topk(k, dim=-1).values[..., k - 1 :]
+    clipped = min_window_count(g, height, width) < k
+    taken: Tensor | int = k
+    if clipped:  # windows with fewer than K real cells take them all (t is then the -inf of padding)
+        taken = window_count(g, height, width, x.device).clamp(max=k)[..., None].to(x.dtype)
+        real = window_mask(g, height, width, x.device)
+    above = windows > kth
+    equal = windows == kth
+    if clipped:
+        equal = equal & real
+    zero = windows.new_zeros(())
+    above_sum = torch.where(above, windows, zero).sum(-1, keepdim=True)
+    n_above = above.sum(-1, keepdim=True).to(x.dtype)
+    n_equal = equal.sum(-1, keepdim=True).to(x.dtype)
+    tied = torch.where(equal, windows, zero).sum(-1, keepdim=True) / n_equal.clamp_min(1)
+    total = above_sum + (taken - n_above) * tied
+    return (total / (taken.clamp_min(1) if clipped else taken)).squeeze(-1)  # type: ignore[union-attr]

@@ -494,7 +494,7 @@ def ablation_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile],
         best = np.unravel_index(np.nanargmax(grid), grid.shape)
         ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
         ax.set_xticks(range(len(ts)), [f"{t:g}" for t in ts])
-        ax.set_yticks(range(len(ks)), [str(k) for k in ks])
+        ax.set_yticks(range(len(ks)), [f"{k} (= max)" if k == 1 else str(k) for k in ks])
         ax.set_xlabel("threshold T (activation units)")
         ax.set_ylabel("K (number of top values averaged)")
         bar = fig.colorbar(image, ax=ax)
@@ -507,7 +507,8 @@ def ablation_figures(data: ReportData, out_dir: Path) -> tuple[list[FigureFile],
         caption = (
             f"{title} on {column.full_title}: mean test top-1 over seeds for each (K, T); cell text = mean, "
             "sample std and number of seeds; red box = highest mean (not necessarily distinguishable from "
-            "its neighbours: compare the stds); grey = no runs."
+            "its neighbours: compare the stds); grey = no runs. K = 1 is max pooling for every T (the top-1 "
+            "mean is the maximum); on 2x2 windows K = 4 is the plain mean and no K > 4 exists."
         )
         files.append(FigureFile(path, f"{title} K × T ablation, {column.full_title}", caption))
     return files, []

@@ -38,6 +38,7 @@ __all__ = [
     "ReportData",
     "ShiftRow",
     "ablation_grids",
+    "ablation_row_label",
     "ablation_table",
     "accuracy_records",
     "collect",
@@ -1107,6 +1108,11 @@ def variants_table(data: ReportData) -> TableRows:
     return header, rows
 
 
+def ablation_row_label(k: int) -> str:
+    """``"K=2"``; the K = 1 row says that it is max pooling (T_1 = M, so y = M for every threshold)."""
+    return "K=1 (= max pooling)" if k == 1 else f"K={k}"
+
+
 def ablation_table(data: ReportData, column: Column, groups: Sequence[Group]) -> TableRows:
     """The K x T grid of mean top-1 as text (rows K, columns T)."""
     ks = sorted({g.resolved_options["k"] for g in groups})
@@ -1118,7 +1124,7 @@ def ablation_table(data: ReportData, column: Column, groups: Sequence[Group]) ->
     header = ["K \\ T", *[f"T={t:g}" for t in ts]]
     rows = []
     for k in ks:
-        line = [f"K={k}"]
+        line = [ablation_row_label(k)]
         for t in ts:
             s = cells.get((k, t))
             line.append("—" if s is None else _summary_cell(s, math.isclose(s.mean, best)))
