@@ -130,7 +130,7 @@ def test_mlflow_sqlite_store_next_to_the_runs_holds_params_metrics_and_status(ml
     assert first.data.tags["poolkit.run_id"] == "synthetic_vgg11_gem_s0_abc"
 
 
-def test_mlflow_honours_the_tracking_uri_and_a_resumed_run_continues_its_mlflow_run(mlflow_store, monkeypatch):
+def test_mlflow_honours_the_tracking_uri_and_a_resumed_run_continues(mlflow_store, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{(mlflow_store.parent / 'elsewhere.db').as_posix()}"
