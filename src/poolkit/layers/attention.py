@@ -5,8 +5,9 @@
 * ``lip`` (Gao et al. 2019, local importance pooling): weights ``exp(logit)`` from a conv block.
 
 Every output of softpool and lip is a convex combination of its window's real cells, so
-``min_R x <= y <= max_R x``. Attention's ``eps`` scales its convex combination by ``sum_R a / (sum_R a + eps)``,
-which is close to 1 only while the window's attention sum is large against ``eps`` (see ``AttentionPool``).
+``min_R x <= y <= max_R x``. Attention's ``eps`` scales its convex combination by
+``sum_R a / (sum_R a + eps)``, which is close to 1 only while the window's attention sum is large
+against ``eps`` (see ``AttentionPool``).
 """
 
 from __future__ import annotations
