@@ -69,6 +69,12 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--lr", "lr", float, "peak learning rate of the cosine schedule (default 0.1)"),
     ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
     ("--weight-decay", "weight_decay", float, "SGD weight decay (default 5e-4)"),
+    (
+        "--pool-weight-decay",
+        "pool_weight_decay",
+        float,
+        "weight decay of the pooling layers' parameters (GeM p, T, mixing weights; default 0: not decayed)",
+    ),
     ("--warmup-epochs", "warmup_epochs", int, "epochs of linear warm-up before the cosine decay (default 0)"),
     ("--label-smoothing", "label_smoothing", float, "cross-entropy label smoothing in [0, 1) (default 0)"),
     (

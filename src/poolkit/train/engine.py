@@ -53,6 +53,7 @@ __all__ = [
     "WarmupCosine",
     "describe_pools",
     "load_run",
+    "parameter_groups",
     "train_run",
 ]
 
@@ -175,6 +176,34 @@ def describe_pools(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     return found
 
 
+def parameter_groups(model: nn.Module, weight_decay: float, pool_weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: pooling parameters get ``pool_weight_decay``, the rest
+    ``weight_decay``.
+
+    A pooling parameter is any parameter of a :class:`~poolkit.layers.Pool2d` (the downsampling pools and
+    the pool inside the head's :class:`~poolkit.layers.GlobalPool2d`): GeM's ``p``, Learnable-T's ``T``,
+    the ``theta`` of every sigmoid mixing weight, attention and LIP convolutions. With equal decays, or a
+    model without pooling parameters, there is one group (the optimizer of runs made before the option
+    existed, so their checkpoints resume). Both groups keep ``model.parameters()`` order.
+
+    Example:
+        >>> from poolkit.models import create_model
+        >>> groups = parameter_groups(create_model("vgg11", 10, pool="gem", width=0.125), 5e-4, 0.0)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(34, 0.0005), (5, 0.0)]
+    """
+    pool_ids = {id(p) for m in model.modules() if isinstance(m, Pool2d) for p in m.parameters()}
+    params = list(model.parameters())
+    pooling = [p for p in params if id(p) in pool_ids]
+    if not pooling or pool_weight_decay == weight_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    others = [p for p in params if id(p) not in pool_ids]
+    return [
+        {"params": others, "weight_decay": weight_decay},
+        {"params": pooling, "weight_decay": pool_weight_decay},
+    ]
+
+
 def _trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -269,7 +298,7 @@ def _inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> str:
     config_path = out / CONFIG_FILE
     if config_path.exists():
         try:
-            stored = RunConfig.from_dict(load_config_file(config_path))
+            stored = RunConfig.from_stored(load_config_file(config_path))
         except ValueError as exc:
             raise ValueError(
                 f"{str(out)!r} holds a run whose config.yaml is no longer valid ({exc}); "
@@ -370,7 +399,7 @@ class _Trainer:
         }
         self.steps_per_epoch = len(self.train_loader)
         self.optimizer = torch.optim.SGD(
-            model.parameters(),
+            parameter_groups(model, cfg.weight_decay, cfg.pool_weight_decay),
             lr=cfg.lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
@@ -477,6 +506,8 @@ def _result(cfg: RunConfig, trainer: _Trainer, rows: list[dict[str, float]]) -> 
         "seed": cfg.seed,
         "width": cfg.width,
         "epochs": cfg.epochs,
+        "weight_decay": cfg.weight_decay,
+        "pool_weight_decay": cfg.pool_weight_decay,
         "test_top1": last["test_top1"],
         "test_top5": last["test_top5"],
         "test_loss": last["test_loss"],
@@ -756,7 +787,7 @@ def load_run(
     run = Path(run_dir)
     if not (run / CHECKPOINT_FILE).exists():
         raise ValueError(f"{str(run)!r} has no {CHECKPOINT_FILE}; it is not a (started) run directory")
-    cfg = RunConfig.from_dict(load_config_file(run / CONFIG_FILE))
+    cfg = RunConfig.from_stored(load_config_file(run / CONFIG_FILE))
     ckpt = load_checkpoint(run / CHECKPOINT_FILE, map_location=device)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # The warning about a pool that a CIFAR-stem ResNet does not use was shown when it trained.
