@@ -101,6 +101,24 @@ def test_a_non_finite_loss_stops_the_run_at_that_step_and_keeps_the_last_finite_
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
+def test_steps_the_gradient_scaler_skips_are_not_divergence(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scaler whose scale (inf) makes every *scaled* loss inf, as float16 AMP's scaler
+    # does at times: it skips every step. The unscaled loss is finite, so the run is not divergent.
+    original = torch.amp.GradScaler
+
+    def overflowing_scaler(device: str = "cuda", **kwargs: Any) -> torch.amp.GradScaler:
+        return original("cpu", init_scale=float("inf"))
+
+    monkeypatch.setattr(torch.amp, "GradScaler", overflowing_scaler)
+    result = train_run({**RUN, "pool": "max", "epochs": 1}, tmp_path / "run", progress=False)
+    assert result["status"] == "finished"
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert ckpt["scaler"]["scale"] == float("inf")
+    assert ckpt["optimizer"]["state"] == {}  # every step was skipped: SGD never made a momentum buffer
+
+
 def test_poolkit_train_exits_non_zero_and_says_where_it_diverged(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
