@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 
+from poolkit.errors import UserError
 from poolkit.text import align_columns
 
 __all__ = ["COMMANDS", "CommandUnavailable", "build_parser", "main"]
@@ -131,6 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
+    except UserError as exc:
+        # A problem the user can fix: one line naming it and the fix. Anything else is a bug: traceback.
+        print(f"poolkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("poolkit: interrupted", file=sys.stderr)
         return 130

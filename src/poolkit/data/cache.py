@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from poolkit.data.base import ImageSplit
+from poolkit.errors import DataNotFoundError
 from poolkit.io import atomic_torch_save
 
 __all__ = [
@@ -52,7 +53,7 @@ def fingerprint(root: Path, files: Iterable[str | Path], extra: str = "") -> str
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"{path} not found: the dataset lists it but the file is missing"
             ) from None
         # Plain prefix stripping: os.path.relpath costs more than the stat for 100,000 files.

@@ -25,6 +25,7 @@ import torch
 from poolkit.data.base import DatasetSplits, ImageSplit, make_splits
 from poolkit.data.cache import cached_split, fingerprint
 from poolkit.data.download import download_and_extract
+from poolkit.errors import DataNotFoundError
 
 __all__ = ["CIFAR10_RELEASE", "CIFAR100_RELEASE", "CifarRelease", "load_cifar10", "load_cifar100"]
 
@@ -109,10 +110,11 @@ class _ArrayUnpickler(pickle.Unpickler):
 
 def _require(path: Path, release: CifarRelease) -> None:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{path} not found: the {release.folder} release holds "
             f"{', '.join(release.train_files + release.test_files + (release.meta_file,))}; "
-            f"extract the archive again, or remove the folder and pass download=True"
+            "extract the archive again, or remove the folder and download it again: poolkit train "
+            "--download (download=True in Python, download: true in a config file)"
         )
 
 
@@ -169,12 +171,13 @@ def _find_root(data_dir: Path, release: CifarRelease, download: bool) -> Path:
         download_and_extract(release.url, release.md5, data_dir)
         if (data_dir / release.folder / marker).is_file():
             return data_dir / release.folder
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{release.url} was extracted into {data_dir} but {data_dir / release.folder / marker} is missing"
         )
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{data_dir / release.folder / marker} not found: expected the extracted {release.folder} folder "
-        "or its parent; pass --data-dir or download=True"
+        "or its parent; pass the folder that holds it as --data-dir, or add --download to fetch it there "
+        "(download=True in Python, download: true in a config file)"
     )
 
 

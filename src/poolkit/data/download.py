@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from poolkit.errors import DownloadError
+
 __all__ = ["download_and_extract", "download_url", "extract_archive", "md5sum"]
 
 _CHUNK = 1 << 20
@@ -57,7 +59,7 @@ def download_url(url: str, dest: Path, md5: str, *, timeout: float = 60.0) -> Pa
                             digest.update(block)
                             bar.update(len(block))
             except (urllib.error.URLError, OSError) as exc:
-                raise ConnectionError(
+                raise DownloadError(
                     f"cannot download {url} ({exc}); check the network, or download the archive by hand "
                     f"into {dest.parent} and extract it there"
                 ) from exc

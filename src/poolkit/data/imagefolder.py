@@ -24,6 +24,7 @@ import torch
 from poolkit.data.base import DatasetSplits, ImageSplit, make_splits
 from poolkit.data.cache import cached_split, fingerprint
 from poolkit.data.images import decode_images, is_image_file
+from poolkit.errors import DataNotFoundError
 
 __all__ = ["load_imagefolder"]
 
@@ -92,10 +93,12 @@ def load_imagefolder(data_dir: str | Path) -> DatasetSplits:
     root = Path(data_dir).expanduser()
     train_dir = root / "train"
     if not train_dir.is_dir():
-        raise FileNotFoundError(f"{train_dir} not found: {_LAYOUT}")
+        raise DataNotFoundError(f"{train_dir} not found: {_LAYOUT}; pass that root as --data-dir")
     eval_dir = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
     if eval_dir is None:
-        raise FileNotFoundError(f"{root / 'test'} not found (nor {root / 'val'}): {_LAYOUT}")
+        raise DataNotFoundError(
+            f"{root / 'test'} not found (nor {root / 'val'}): {_LAYOUT}; pass that root as --data-dir"
+        )
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise ValueError(f"{train_dir} has no class folder: {_LAYOUT}")

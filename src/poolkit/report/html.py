@@ -206,7 +206,8 @@ def _column_tables(
 
 def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
     status = Counter(r.status for r in data.runs)
-    counts = ", ".join(f"{status.get(s, 0)} {s}" for s in ("finished", "failed", "incomplete", "unreadable"))
+    states = ("finished", "failed", "diverged", "incomplete", "unreadable")
+    counts = ", ".join(f"{status.get(s, 0)} {s}" for s in states if s != "diverged" or status.get(s))
     doc.add(Paragraph(f"Read {len(data.runs)} run directories under `{runs_dir}`: {counts}."))
     if not data.runs:
         doc.add(
@@ -373,6 +374,7 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
 
 
 def _problems(doc: Document, data: tab.ReportData) -> None:
+    # Diverged runs are listed here too (the heading keeps its anchor for existing links).
     doc.add(Heading(2, "Failed, incomplete and unreadable runs"))
     header, rows = tab.problem_runs_table(data)
     if rows:

@@ -6,6 +6,8 @@ under a root becomes one :class:`RunRecord` whose ``status`` says what could be 
 
 * ``"finished"``: ``result.json`` is readable and has a numeric ``test_top1``;
 * ``"failed"``: ``error.json`` and no ``result.json``;
+* ``"diverged"``: ``result.json`` says ``"status": "diverged"`` (the training loss became NaN or infinite;
+  ``divergence`` says where); it has no accuracy and stays out of the statistics;
 * ``"incomplete"``: neither (still running, or killed); ``metrics.csv`` tells how far it got;
 * ``"unreadable"``: a file that should be parsed could not be (``problems`` says which and why).
 """
@@ -33,7 +35,7 @@ __all__ = [
     "resolved_options",
 ]
 
-Status = Literal["finished", "failed", "incomplete", "unreadable"]
+Status = Literal["finished", "failed", "diverged", "incomplete", "unreadable"]
 
 #: A directory holding any of these files is a run directory.
 RUN_MARKERS = ("config.yaml", "result.json", "error.json", "metrics.csv")
@@ -132,6 +134,18 @@ class RunRecord:
     def device(self) -> str | None:
         value = self._get("device")
         return str(value) if value not in (None, "") else None
+
+    @property
+    def divergence(self) -> str:
+        """Where a diverged run stopped (``"epoch 3, step 17 of 40 (training loss nan)"``), else ``""``."""
+        where = (self.result or {}).get("diverged")
+        if self.status != "diverged" or not isinstance(where, dict):
+            return ""
+        of = f" of {where['steps_per_epoch']}" if where.get("steps_per_epoch") else ""
+        return (
+            f"epoch {where.get('epoch', '?')}, step {where.get('step', '?')}{of} "
+            f"(training loss {where.get('loss', '?')})"
+        )
 
     @property
     def error_line(self) -> str:
@@ -266,8 +280,10 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
     if (path / "result.json").is_file():
         if result is not None:
             status = result.get("status", "finished")
-            if status != "finished":
-                problems.append(f"result.json has status {status!r}, expected 'finished'")
+            if status == "diverged":
+                record.status = "diverged"
+            elif status != "finished":
+                problems.append(f"result.json has status {status!r}, expected 'finished' or 'diverged'")
             elif record.test_top1 is None:
                 problems.append("result.json has no numeric test_top1")
     elif (path / "error.json").is_file() and error is not None:
@@ -280,7 +296,7 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
 
     if problems:
         record.status = "unreadable"
-    elif result is not None:
+    elif result is not None and record.status != "diverged":
         record.status = "finished"
     # A finished run whose shift.json is broken is still finished; the report lists the problem.
     record.problems = problems + shift_problems

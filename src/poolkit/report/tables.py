@@ -868,7 +868,11 @@ def run_records(data: ReportData) -> list[dict[str, Any]]:
     variant = {r.path: g.column.variant for g in data.groups for r in g.runs + g.duplicates}
     out = []
     for run in sorted(data.runs, key=lambda r: str(r.path)):
-        problem = run.error_line if run.status in ("failed", "unreadable") else "; ".join(run.problems)
+        problem = (
+            run.error_line
+            if run.status in ("failed", "unreadable")
+            else (f"diverged at {run.divergence}" if run.status == "diverged" else "; ".join(run.problems))
+        )
         if run.path in data.duplicates:
             problem = (
                 f"same settings and seed as {data.duplicates[run.path].name} (left out of the statistics)"
@@ -1260,6 +1264,11 @@ def problem_runs_table(data: ReportData) -> TableRows:
     for run in sorted(data.runs, key=lambda r: str(r.path)):
         if run.status == "failed":
             detail = f"failed after {run.epochs_done} epoch(s): {run.error_line}"
+        elif run.status == "diverged":
+            detail = (
+                f"diverged at {run.divergence}: training stopped there; its checkpoint holds the last "
+                f"finite weights ({run.epochs_done} epoch(s)); left out of the statistics"
+            )
         elif run.status == "incomplete":
             planned = f" of {run.epochs_planned}" if run.epochs_planned else ""
             detail = (

@@ -9,9 +9,10 @@ Example:
     poolkit train --config run.yaml --seed 1 --out runs/demo-s1
     poolkit train --config run.yaml --nproc 4 --out runs/demo-ddp     # DDP on 4 GPUs of this machine
 
-Exit status: 0 done, 2 invalid config or directory, 75 the run directory is being trained by another
-process (its lock is held; try again later), 130 interrupted; with ``--nproc``, a failing process's
-own status.
+Exit status: 0 done, 2 invalid config, data or directory (a message names the problem and the fix),
+3 the run diverged (its training loss became NaN or infinite; the message says at which epoch and step),
+75 the run directory is being trained by another process (its lock is held; try again later),
+130 interrupted; with ``--nproc``, a failing process's own status.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from poolkit.train.config import RunConfig, load_config_file, yaml_scalar
 
 __all__ = [
     "EXIT_BUSY",
+    "EXIT_DIVERGED",
     "add_arguments",
     "build_parser",
     "config_from_args",
@@ -43,6 +45,8 @@ __all__ = [
 
 #: Exit status when the run directory is being trained by another process (BSD's EX_TEMPFAIL).
 EXIT_BUSY = 75
+#: Exit status when the run diverged (its training loss became NaN or infinite).
+EXIT_DIVERGED = 3
 
 # (flag, key, type, help) for every RunConfig key with a value; booleans get --flag/--no-flag.
 _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
@@ -69,6 +73,12 @@ _VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
     ("--lr", "lr", float, "peak learning rate of the cosine schedule (default 0.1)"),
     ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
     ("--weight-decay", "weight_decay", float, "SGD weight decay (default 5e-4)"),
+    (
+        "--pool-weight-decay",
+        "pool_weight_decay",
+        float,
+        "weight decay of the pooling layers' parameters (GeM p, T, mixing weights; default 0: not decayed)",
+    ),
     ("--warmup-epochs", "warmup_epochs", int, "epochs of linear warm-up before the cosine decay (default 0)"),
     ("--label-smoothing", "label_smoothing", float, "cross-entropy label smoothing in [0, 1) (default 0)"),
     (
@@ -176,6 +186,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def main(args: argparse.Namespace) -> int:
     """Run ``poolkit train`` with parsed ``args``; returns the exit status (see the module docstring)."""
     from poolkit.train.distributed import launched_distributed
+    from poolkit.train.engine import RunDiverged
     from poolkit.train.lock import RunLockError
 
     if not logging.getLogger().handlers:
@@ -200,6 +211,9 @@ def main(args: argparse.Namespace) -> int:
         from poolkit.train.engine import train_run
 
         result = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    except RunDiverged as exc:
+        print(f"poolkit train: {exc}", file=sys.stderr)
+        return EXIT_DIVERGED
     except ValueError as exc:
         print(f"poolkit train: error: {exc}", file=sys.stderr)
         return 2

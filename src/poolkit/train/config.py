@@ -15,7 +15,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,9 +28,16 @@ __all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
 #: same run is found again on another machine, another path or another number of threads.
 NON_RESULT_KEYS: frozenset[str] = frozenset({"data_dir", "download", "device", "threads"})
 
-#: Keys added after the first release, left out of :meth:`RunConfig.run_id` while they have this
-#: (default) value, so the run ids of existing run directories stay valid.
-_ID_OMITTED_AT_DEFAULT: dict[str, Any] = {"sync_bn": False}
+#: Keys added after the first release, each with the value that reproduces what runs computed before the
+#: key existed (a function of the config). A key is left out of :meth:`RunConfig.run_id` while it has that
+#: value, and a stored ``config.yaml`` without the key gets that value (:meth:`RunConfig.from_stored`), so
+#: an old run directory keeps its run id and is recognised exactly when it computed what the config asks.
+#: ``pool_weight_decay`` was added with default 0.0 while older runs decayed pooling parameters like every
+#: other weight: its "old" value is the run's ``weight_decay``, not its default.
+_LEGACY_VALUES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "sync_bn": lambda cfg: False,
+    "pool_weight_decay": lambda cfg: cfg.get("weight_decay", 5e-4),
+}
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -117,6 +124,7 @@ class RunConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    pool_weight_decay: float = 0.0
     nesterov: bool = False
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -135,7 +143,7 @@ class RunConfig:
         "download", "nesterov", "amp", "channels_last", "compile", "sync_bn", "shift_eval",
     )  # fmt: skip
     _FLOAT_KEYS: ClassVar[tuple[str, ...]] = (
-        "width", "lr", "momentum", "weight_decay", "label_smoothing", "val_fraction",
+        "width", "lr", "momentum", "weight_decay", "pool_weight_decay", "label_smoothing", "val_fraction",
     )  # fmt: skip
     _INT_KEYS: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "warmup_epochs", "seed")
     _STR_KEYS: ClassVar[tuple[str, ...]] = (
@@ -174,6 +182,27 @@ class RunConfig:
                 f"the run config needs a dataset; valid datasets are: {', '.join(_list_datasets())}"
             )
         return cls(**dict(data))
+
+    @classmethod
+    def from_stored(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The config of an existing run directory's ``config.yaml``, written by any poolkit version.
+
+        A key added after the run was made gets the value that reproduces what the run computed (not the
+        key's default): a run without ``pool_weight_decay`` decayed its pooling parameters with
+        ``weight_decay``. Its :meth:`run_id` is then the one the run was made with.
+
+        Example:
+            >>> old = {"dataset": "synthetic", "weight_decay": 1e-4}
+            >>> RunConfig.from_stored(old).pool_weight_decay, RunConfig.from_dict(old).pool_weight_decay
+            (0.0001, 0.0)
+        """
+        if not isinstance(data, Mapping):
+            return cls.from_dict(data)
+        filled = dict(data)
+        for key, legacy in _LEGACY_VALUES.items():
+            if key not in filled:
+                filled[key] = legacy(data)
+        return cls.from_dict(filled)
 
     def __post_init__(self) -> None:
         for key in self._STR_KEYS:
@@ -224,6 +253,7 @@ class RunConfig:
             ("lr", self.lr > 0, "> 0"),
             ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("pool_weight_decay", self.pool_weight_decay >= 0, ">= 0 (0 = pooling parameters not decayed)"),
             ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, f"in [0, epochs) = [0, {self.epochs})"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
@@ -314,11 +344,16 @@ class RunConfig:
 
     def run_id(self) -> str:
         """First 10 hex digits of the SHA-256 of the canonical JSON of :meth:`to_dict`, without
-        :data:`NON_RESULT_KEYS` (paths, device and threads do not change the result). ``sync_bn`` counts
-        only when true (it changes what a multi-process run computes; false, its default, leaves the ids
-        of runs made before the key existed unchanged)."""
-        omitted = {k for k, v in _ID_OMITTED_AT_DEFAULT.items() if getattr(self, k) == v}
-        payload = {k: v for k, v in self.to_dict().items() if k not in NON_RESULT_KEYS | omitted}
+        :data:`NON_RESULT_KEYS` (paths, device and threads do not change the result).
+
+        Keys added later count only when they make the run compute something that older poolkit could
+        not: ``sync_bn`` when true, ``pool_weight_decay`` when it differs from ``weight_decay`` (older runs
+        decayed pooling parameters like every other weight). So an old run keeps its id, and a new run
+        with the default ``pool_weight_decay: 0`` never takes the id of an old run that decayed them.
+        """
+        values = self.to_dict()
+        omitted = {k for k, legacy in _LEGACY_VALUES.items() if values[k] == legacy(values)}
+        payload = {k: v for k, v in values.items() if k not in NON_RESULT_KEYS | omitted}
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:10]
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import poolkit
-from poolkit.io import atomic_torch_save, atomic_write_csv, atomic_write_json, atomic_write_text
+from poolkit.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from poolkit.layers import GlobalPool2d, Pool2d
 from poolkit.models import create_model
 from poolkit.train import distributed as D
@@ -41,7 +41,10 @@ from poolkit.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
     load_checkpoint,
+    load_latest_checkpoint,
+    previous_path,
     restore_rng_state,
+    save_checkpoint,
 )
 from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file
 from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost
@@ -50,9 +53,11 @@ __all__ = [
     "METRIC_COLUMNS",
     "VAL_COLUMNS",
     "EpochCallback",
+    "RunDiverged",
     "WarmupCosine",
     "describe_pools",
     "load_run",
+    "parameter_groups",
     "train_run",
 ]
 
@@ -75,6 +80,32 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 CONFIG_FILE, ENV_FILE, METRICS_FILE = "config.yaml", "env.json", "metrics.csv"
 CHECKPOINT_FILE, RESULT_FILE, SHIFT_FILE = "checkpoint.pt", "result.json", "shift.json"
+
+
+class RunDiverged(RuntimeError):
+    """The training loss became NaN or infinite: the run stopped at that step.
+
+    Not a bug and not a finished run: ``result.json`` says ``"status": "diverged"`` with where it happened
+    (``diverged``: ``epoch``, ``step`` in the epoch, ``global_step``, ``loss``), and ``checkpoint.pt``
+    holds the last finite weights (the end of the epoch before). Training the same config again diverges
+    again, so a rerun raises this error from the stored result without training.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+        self.run_dir = Path(run_dir)
+        self.record = dict(record)
+        kept = int(record.get("epoch", 1)) - 1
+        checkpoint = (
+            f"the last finite checkpoint (after epoch {kept}) is kept in {CHECKPOINT_FILE}"
+            if kept > 0
+            else "no checkpoint was kept (it diverged in the first epoch)"
+        )
+        super().__init__(
+            f"{str(self.run_dir)!r}: the run diverged: the training loss was {record.get('loss')} at epoch "
+            f"{record.get('epoch')}, step {record.get('step')} of {record.get('steps_per_epoch')} (step "
+            f"{record.get('global_step')} of the run); training stopped there and {checkpoint}. Try a lower "
+            "lr, warmup_epochs, or amp off"
+        )
 
 
 class WarmupCosine:
@@ -175,6 +206,43 @@ def describe_pools(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
     return found
 
 
+def parameter_groups(model: nn.Module, weight_decay: float, pool_weight_decay: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: pooling parameters get ``pool_weight_decay``, the rest
+    ``weight_decay``.
+
+    A pooling parameter is any parameter of a :class:`~poolkit.layers.Pool2d` (the downsampling pools and
+    the pool inside the head's :class:`~poolkit.layers.GlobalPool2d`): GeM's ``p``, Learnable-T's ``T``,
+    the ``theta`` of every sigmoid mixing weight, attention and LIP convolutions. With equal decays, or a
+    model without pooling parameters, there is one group (the optimizer of runs made before the option
+    existed, so their checkpoints resume). Both groups keep ``model.parameters()`` order.
+
+    Example:
+        >>> from poolkit.models import create_model
+        >>> groups = parameter_groups(create_model("vgg11", 10, pool="gem", width=0.125), 5e-4, 0.0)
+        >>> [(len(g["params"]), g["weight_decay"]) for g in groups]
+        [(34, 0.0005), (5, 0.0)]
+    """
+    pool_ids = {id(p) for m in model.modules() if isinstance(m, Pool2d) for p in m.parameters()}
+    params = list(model.parameters())
+    pooling = [p for p in params if id(p) in pool_ids]
+    if not pooling or pool_weight_decay == weight_decay:
+        return [{"params": params, "weight_decay": weight_decay}]
+    others = [p for p in params if id(p) not in pool_ids]
+    return [
+        {"params": others, "weight_decay": weight_decay},
+        {"params": pooling, "weight_decay": pool_weight_decay},
+    ]
+
+
+class _Divergence(Exception):
+    """Raised inside an epoch at the first non-finite training loss; :func:`_train` turns it into
+    :class:`RunDiverged` after recording it."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        super().__init__(f"non-finite training loss {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss
+
+
 def _trainable(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -262,6 +330,10 @@ def _config_diff(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}: {stored.get(k)!r} -> {wanted[k]!r}" for k in keys) or "(the run ids differ)"
 
 
+def _has_checkpoint(out: Path) -> bool:
+    return (out / CHECKPOINT_FILE).exists() or previous_path(out / CHECKPOINT_FILE).exists()
+
+
 def _inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> str:
     """What ``out`` holds for ``cfg``: ``"finished"``, ``"resume"`` or ``"fresh"``; ValueError on conflict."""
     if not out.is_dir():
@@ -269,7 +341,7 @@ def _inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> str:
     config_path = out / CONFIG_FILE
     if config_path.exists():
         try:
-            stored = RunConfig.from_dict(load_config_file(config_path))
+            stored = RunConfig.from_stored(load_config_file(config_path))
         except ValueError as exc:
             raise ValueError(
                 f"{str(out)!r} holds a run whose config.yaml is no longer valid ({exc}); "
@@ -281,11 +353,11 @@ def _inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> str:
                 f"{_config_diff(stored.to_dict(), cfg.to_dict())}); use another directory, or delete it "
                 "to start over"
             )
-    elif (out / RESULT_FILE).exists() or (out / CHECKPOINT_FILE).exists():
+    elif (out / RESULT_FILE).exists() or _has_checkpoint(out):
         raise ValueError(f"{str(out)!r} holds run files but no config.yaml; use another directory")
     if (out / RESULT_FILE).exists():
         return "finished"
-    if (out / CHECKPOINT_FILE).exists():
+    if _has_checkpoint(out):
         if not resume:
             raise ValueError(
                 f"{str(out)!r} holds an unfinished run (checkpoint.pt); pass resume=True (--resume) to "
@@ -370,7 +442,7 @@ class _Trainer:
         }
         self.steps_per_epoch = len(self.train_loader)
         self.optimizer = torch.optim.SGD(
-            model.parameters(),
+            parameter_groups(model, cfg.weight_decay, cfg.pool_weight_decay),
             lr=cfg.lr,
             momentum=cfg.momentum,
             weight_decay=cfg.weight_decay,
@@ -397,6 +469,9 @@ class _Trainer:
         self.train_model.train()
         meter = _Meter(self.device)
         start = time.perf_counter()
+        # The finiteness of each step's loss is read one step late, so the host does not wait for the
+        # device every step; a divergence is still reported at the step where it happened.
+        pending: tuple[int, Tensor] | None = None
         for step, (x, y) in enumerate(self.train_loader.epoch(epoch)):
             with self._autocast():
                 logits = self.train_model(x)
@@ -413,17 +488,34 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if pending is not None:
+                self._check_finite(epoch, *pending)
+            pending = (step, loss_sum.detach() / denominator)
             meter.add(loss_sum, logits.detach(), y)
             if bar is not None:
                 bar.update(1)
                 if step % 10 == 0 or step + 1 == self.steps_per_epoch:
                     loss, top1 = meter.running()
                     bar.set_postfix(loss=f"{loss:.3f}", acc=f"{top1:.1f}")
+        if pending is not None:
+            self._check_finite(epoch, *pending)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
         loss, top1, _, n = meter.result(self.ctx)
         return loss, top1, n, seconds
+
+    def _check_finite(self, epoch: int, step: int, loss: Tensor) -> None:
+        """Raise :class:`_Divergence` when the (unscaled) training loss of ``step`` is not finite.
+
+        The loss is the one the model computed, before the gradient scaler multiplies it, so a float16
+        step whose scaled gradients overflow (the scaler skips it and lowers its scale) is not divergence.
+        In a data-parallel run every rank learns whether any rank's loss is not finite, so all stop at the
+        same step.
+        """
+        finite = bool(torch.isfinite(loss).item())
+        if D.any_rank(not finite, self.ctx, self.device):
+            raise _Divergence(epoch, step + 1, float(loss.item()))
 
     @torch.no_grad()
     def evaluate(self, name: str) -> tuple[float, float, float]:
@@ -477,6 +569,8 @@ def _result(cfg: RunConfig, trainer: _Trainer, rows: list[dict[str, float]]) -> 
         "seed": cfg.seed,
         "width": cfg.width,
         "epochs": cfg.epochs,
+        "weight_decay": cfg.weight_decay,
+        "pool_weight_decay": cfg.pool_weight_decay,
         "test_top1": last["test_top1"],
         "test_top5": last["test_top5"],
         "test_loss": last["test_loss"],
@@ -497,6 +591,39 @@ def _result(cfg: RunConfig, trainer: _Trainer, rows: list[dict[str, float]]) -> 
         "sync_bn": bool(cfg.sync_bn and trainer.ctx.enabled),
         "amp": cfg.amp,
         "amp_dtype": None if trainer.amp_dtype is None else str(trainer.amp_dtype).removeprefix("torch."),
+        "finished": _now(),
+    }
+
+
+def _diverged(
+    cfg: RunConfig, trainer: _Trainer, rows: list[dict[str, float]], stop: _Divergence
+) -> dict[str, Any]:
+    """``result.json`` of a run that diverged: where, the loss, and the epochs it finished before."""
+    return {
+        "status": "diverged",
+        "run_id": cfg.run_id(),
+        "model": cfg.model,
+        "dataset": cfg.dataset,
+        "pool": cfg.pool,
+        "pool_options": dict(cfg.pool_options),
+        "seed": cfg.seed,
+        "width": cfg.width,
+        "epochs": cfg.epochs,
+        "weight_decay": cfg.weight_decay,
+        "pool_weight_decay": cfg.pool_weight_decay,
+        "diverged": {
+            "epoch": stop.epoch,
+            "step": stop.step,
+            "steps_per_epoch": trainer.steps_per_epoch,
+            "global_step": (stop.epoch - 1) * trainer.steps_per_epoch + stop.step,
+            "loss": repr(stop.loss),
+            "checkpoint_epoch": len(rows),
+        },
+        "epochs_done": len(rows),
+        "test_top1": None,
+        "device": str(trainer.device),
+        "world_size": trainer.ctx.world_size,
+        "amp": cfg.amp,
         "finished": _now(),
     }
 
@@ -581,6 +708,8 @@ def train_run(
 
 def _finished(cfg: RunConfig, out: Path, device: torch.device, ctx: D.DistContext) -> dict[str, Any]:
     result = _read_json(out / RESULT_FILE)
+    if result.get("status") == "diverged":
+        raise RunDiverged(out, result.get("diverged") or {})
     if cfg.shift_eval and not (out / SHIFT_FILE).exists() and ctx.is_main:
         _shift_eval(out, device)
     return result
@@ -643,7 +772,10 @@ def _train(
     start_epoch, rows = 0, []
     env = _environment(device, ctx)
     if resume:
-        start_epoch, rows = trainer.load_state(load_checkpoint(out / CHECKPOINT_FILE, map_location=device))
+        ckpt, warning = load_latest_checkpoint(out / CHECKPOINT_FILE, map_location=device)
+        if warning is not None and ctx.is_main:
+            logger.warning("%s", warning)
+        start_epoch, rows = trainer.load_state(ckpt)
         logger.info("%s: resuming after epoch %d of %d", out, start_epoch, cfg.epochs)
         with contextlib.suppress(OSError, ValueError):
             previous = _read_json(out / ENV_FILE)
@@ -667,6 +799,15 @@ def _train(
         try:
             train_loss, train_top1, images, train_seconds = trainer.train_epoch(epoch, bar)
             test_loss, test_top1, test_top5 = trainer.evaluate("test")
+        except _Divergence as stop:
+            if bar is not None:
+                bar.close()
+            record = _diverged(cfg, trainer, rows, stop)
+            if ctx.is_main:
+                # checkpoint.pt and metrics.csv stay as the last finished epoch left them (finite weights).
+                atomic_write_json(out / RESULT_FILE, _json_safe(record))
+            D.barrier(ctx)
+            raise RunDiverged(out, record["diverged"]) from None
         except BaseException:
             if bar is not None:
                 bar.close()
@@ -703,7 +844,7 @@ def _train(
                 f"stopped for longer than the lock's expiry); stopped after epoch {epoch} without writing it"
             )
         if ctx.is_main:
-            atomic_torch_save(trainer.state(epoch, rows), out / CHECKPOINT_FILE)
+            save_checkpoint(trainer.state(epoch, rows), out / CHECKPOINT_FILE)
             atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
             if on_epoch is not None:
                 on_epoch(epoch, dict(row))
@@ -717,6 +858,8 @@ def _train(
     if ctx.is_main:
         atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
         atomic_write_json(out / RESULT_FILE, _json_safe(result))
+        # Finished: nothing will resume from the previous generation any more.
+        previous_path(out / CHECKPOINT_FILE).unlink(missing_ok=True)
         if cfg.shift_eval:
             _shift_eval(out, device)
     D.barrier(ctx)
@@ -756,7 +899,7 @@ def load_run(
     run = Path(run_dir)
     if not (run / CHECKPOINT_FILE).exists():
         raise ValueError(f"{str(run)!r} has no {CHECKPOINT_FILE}; it is not a (started) run directory")
-    cfg = RunConfig.from_dict(load_config_file(run / CONFIG_FILE))
+    cfg = RunConfig.from_stored(load_config_file(run / CONFIG_FILE))
     ckpt = load_checkpoint(run / CHECKPOINT_FILE, map_location=device)
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         # The warning about a pool that a CIFAR-stem ResNet does not use was shown when it trained.

@@ -118,6 +118,7 @@ class SweepProgress:
         self.bars = stream.isatty() if bars is None else bars
         self.done = 0
         self.failed = 0
+        self.diverged = 0
         self.eta = EtaEstimator(total, workers)
         self._slots: dict[int, Any] = {}
         self._overall: Any = None
@@ -170,9 +171,13 @@ class SweepProgress:
             return
         self.done += finished
         self.failed += outcome.status == "failed"
-        n = self.done + self.failed
+        self.diverged += outcome.status == "diverged"
+        n = self.done + self.failed + self.diverged
         count = f"[{n:>{len(str(self.total))}}/{self.total}]"
-        if finished:
+        if outcome.status == "diverged":
+            text = (outcome.error or "").strip().split(": the run diverged: ", 1)[-1].split(";")[0]
+            line = f"{count} DIVERGED {spec.name}  {text}"
+        elif finished:
             top1 = f"top-1 {outcome.test_top1:.2f}%" if outcome.test_top1 is not None else "no top-1"
             took = format_duration(outcome.seconds)
             line = (
