@@ -7,6 +7,7 @@ with a reason when it is missing.
 
 from __future__ import annotations
 
+import csv
 import logging
 from pathlib import Path
 
@@ -148,3 +149,129 @@ def test_mlflow_honours_the_tracking_uri_and_a_resumed_run_continues(mlflow_stor
     assert run.info.status == "FINISHED"
     history = client.get_metric_history(run.info.run_id, "test_top1")
     assert [(m.step, m.value) for m in history] == [(1, 25.0), (2, 45.5)]
+
+
+# ---------------------------------------------------------------------- the training loop emits the events
+RUN = {
+    "dataset": "synthetic",
+    "model": "vgg11",
+    "width": 0.0625,
+    "epochs": 2,
+    "batch_size": 128,
+    "threads": 1,
+}
+
+
+def test_a_training_run_logs_every_epoch_to_tensorboard_and_mlflow(mlflow_store):
+    pytest.importorskip("tensorboard", reason="the tracking extra (TensorBoard) is not installed")
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from poolkit.train import train_run
+
+    run_dir = mlflow_store / "gem"
+    result = train_run({**RUN, "pool": "gem", "loggers": ["tensorboard", "mlflow"]}, run_dir, progress=False)
+    rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
+    assert len(rows) == 2
+
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    for column in ("train_loss", "test_top1", "lr", "epoch_seconds"):
+        logged = [(e.step, e.value) for e in acc.Scalars(metric_tag(column))]
+        assert logged == [(int(r["epoch"]), pytest.approx(float(r[column]))) for r in rows], column
+
+    client = MlflowClient(default_tracking_uri(run_dir))
+    (run,) = client.search_runs([client.get_experiment_by_name("poolkit").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "gem"
+    assert run.data.params["pool"] == "gem" and run.data.params["epochs"] == "2"
+    assert run.data.tags["poolkit.run_id"] == result["run_id"]
+    history = client.get_metric_history(run.info.run_id, "test_top1")
+    assert [(m.step, m.value) for m in history] == [
+        (int(r["epoch"]), pytest.approx(float(r["test_top1"]))) for r in rows
+    ]
+    # loggers change where a run is reported, not what it computes: the run id ignores them
+    from poolkit.train.config import RunConfig
+
+    assert (
+        RunConfig.from_dict({**RUN, "pool": "gem", "loggers": ["mlflow"]}).run_id()
+        == RunConfig.from_dict({**RUN, "pool": "gem"}).run_id()
+    )
+
+
+def test_a_diverged_run_ends_failed_in_mlflow(mlflow_store):
+    from mlflow.tracking import MlflowClient
+
+    from poolkit.train import train_run
+    from poolkit.train.engine import RunDiverged
+
+    run_dir = mlflow_store / "huge-lr"
+    with pytest.raises(RunDiverged):
+        train_run(
+            {**RUN, "epochs": 1, "batch_size": 64, "lr": 1e6, "loggers": ["mlflow"]}, run_dir, progress=False
+        )
+    client = MlflowClient(default_tracking_uri(run_dir))
+    (run,) = client.search_runs([client.get_experiment_by_name("poolkit").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["poolkit.status"] == "diverged"
+    assert "diverged" in run.data.tags["poolkit.message"]
+
+
+def test_a_broken_logger_warns_once_and_the_run_finishes(tmp_path, monkeypatch, caplog):
+    from poolkit.tracking import sinks
+    from poolkit.train import train_run
+
+    class Broken:
+        name = "tensorboard"
+
+        def handle(self, event):
+            raise OSError("no space left on device")
+
+        def close(self):
+            pass
+
+    monkeypatch.setitem(sinks.LOGGERS, "tensorboard", Broken)
+    with caplog.at_level(logging.WARNING, logger="poolkit.tracking"):
+        result = train_run({**RUN, "epochs": 1, "loggers": ["tensorboard"]}, tmp_path / "run", progress=False)
+    assert result["status"] == "finished"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "poolkit.tracking"]
+    assert len(warnings) == 1 and "no space left on device" in warnings[0]
+
+
+def test_sweep_logger_flag_reaches_every_run_and_a_missing_package_is_a_user_error(tmp_path, capsys):
+    from poolkit.cli import main
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(
+        "name: t\ngrid:\n  dataset: [synthetic]\n  model: [vgg11]\n  pool: [max, avg]\n"
+        "train:\n  width: 0.0625\n  epochs: 1\n"
+    )
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--dry-run", "--logger", "mlflow"]) == 0
+    from poolkit.experiments.config import load_sweep
+    from poolkit.experiments.sweep import expand_sweep
+
+    plain = expand_sweep(load_sweep(sweep))
+    logged = expand_sweep(load_sweep(sweep, sets=["loggers=[mlflow]"]))
+    assert [s.config["loggers"] for s in logged] == [["mlflow"], ["mlflow"]]
+    assert [s.run_id for s in logged] == [s.run_id for s in plain]  # not part of the run ids
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as bad:  # argparse's usage error: exit 2, the valid names
+        main(["train", "--dataset", "synthetic", "--logger", "wandb", "--out", str(tmp_path / "r")])
+    assert bad.value.code == 2
+    assert "invalid choice: 'wandb' (choose from 'mlflow', 'tensorboard')" in capsys.readouterr().err
+
+
+def test_a_logger_without_its_package_is_one_line_naming_pip(tmp_path, capsys, monkeypatch):
+    from poolkit.cli import main
+    from poolkit.tracking import TrackingUnavailableError, sinks
+
+    def missing():
+        raise TrackingUnavailableError(
+            'the tensorboard logger needs TensorBoard: pip install "poolkit[tracking]"'
+        )
+
+    monkeypatch.setitem(sinks.LOGGERS, "tensorboard", missing)
+    argv = ["train", "--dataset", "synthetic", "--width", "0.0625", "--epochs", "1", "--no-progress"]
+    assert main([*argv, "--logger", "tensorboard", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "poolkit[tracking]"' in err and "Traceback" not in err
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()  # refused before training

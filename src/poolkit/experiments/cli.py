@@ -24,6 +24,7 @@ from poolkit.experiments.config import (
     parse_time_limit,
     update_slurm,
 )
+from poolkit.tracking.sinks import LOGGERS
 from poolkit.train.cli import positive_int
 
 __all__ = ["add_arguments", "add_reproduce_arguments", "main", "reproduce_main"]
@@ -69,6 +70,11 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
         help="local launcher: runs at a time, each in its own process with max(1, cores // N) torch "
         "threads (default: the sweep's local.workers, else 1); with several GPUs, worker i uses GPU i mod n",
     )
+    where.add_argument(
+        "--logger", dest="loggers", action="append", default=None, choices=sorted(LOGGERS),
+        help="log every run to TensorBoard (RUN_DIR/tensorboard/) or MLflow (MLFLOW_TRACKING_URI, else "
+        "sqlite:///<out>/runs/mlflow.db); repeatable; not part of the run ids (same as --set loggers=[...])",
+    )  # fmt: skip
     where.add_argument("--retry-failed", action="store_true", help="run again the runs that failed before")
     where.add_argument(
         "--dry-run", action="store_true", help="list the runs and what would happen; run nothing"
@@ -219,9 +225,12 @@ def _slurm_flags_given(args: argparse.Namespace) -> list[str]:
 def _load(args: argparse.Namespace, *, status: bool = False) -> SweepConfig:
     if args.config and args.preset:
         raise SweepConfigError("give either CONFIG or --preset NAME, not both")
+    sets = list(args.sets)
+    if getattr(args, "loggers", None):
+        sets.append(f"loggers=[{', '.join(dict.fromkeys(args.loggers))}]")
     options: dict[str, Any] = {
         "data_dir": args.data_dir,
-        "sets": args.sets,
+        "sets": sets,
         "allow_missing_data_dir": args.dry_run or status,
     }
     if not args.config and not args.preset:

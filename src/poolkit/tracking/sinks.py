@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from poolkit.errors import UserError
 from poolkit.tracking.events import EpochEnded, RunEnded, RunEvent, RunSink, RunStarted
 
 __all__ = [
@@ -43,7 +44,7 @@ MLFLOW_EXPERIMENT = "poolkit"
 _RUN_DIR_TAG = "poolkit.run_dir"
 
 
-class TrackingUnavailableError(ValueError):
+class TrackingUnavailableError(UserError):
     """A logger was asked for whose package is not installed (the message names the pip command)."""
 
 

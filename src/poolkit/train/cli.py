@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from poolkit.tracking.sinks import LOGGERS
 from poolkit.train.config import RunConfig, load_config_file, yaml_scalar
 
 __all__ = [
@@ -132,6 +133,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, key, text in _BOOL_FLAGS:
         parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
     parser.add_argument(
+        "--logger", dest="loggers", action="append", default=None, choices=sorted(LOGGERS),
+        help="also log the run to TensorBoard (RUN_DIR/tensorboard/) or MLflow (MLFLOW_TRACKING_URI, else "
+        "sqlite:///<runs dir>/mlflow.db); repeatable; needs pip install \"poolkit[tracking]\"",
+    )  # fmt: skip
+    parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from RUN_DIR/checkpoint.pt"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log one line per epoch)")
@@ -172,6 +178,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         value = getattr(args, key, None)
         if value is not None:
             data[key] = value
+    if getattr(args, "loggers", None):
+        data["loggers"] = list(args.loggers)
     if args.pool_opt:
         options = dict(data.get("pool_options") or {})
         for item in args.pool_opt:

@@ -26,7 +26,7 @@ __all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
 
 #: Keys that do not change what a run computes; they are left out of :meth:`RunConfig.run_id`, so the
 #: same run is found again on another machine, another path or another number of threads.
-NON_RESULT_KEYS: frozenset[str] = frozenset({"data_dir", "download", "device", "threads"})
+NON_RESULT_KEYS: frozenset[str] = frozenset({"data_dir", "download", "device", "threads", "loggers"})
 
 #: Keys added after the first release, each with the value that reproduces what runs computed before the
 #: key existed (a function of the config). A key is left out of :meth:`RunConfig.run_id` while it has that
@@ -138,6 +138,7 @@ class RunConfig:
     val_fraction: float = 0.0
     shift_eval: bool = False
     threads: int | None = None
+    loggers: list[str] = field(default_factory=list)
 
     _BOOL_KEYS: ClassVar[tuple[str, ...]] = (
         "download", "nesterov", "amp", "channels_last", "compile", "sync_bn", "shift_eval",
@@ -225,6 +226,7 @@ class RunConfig:
             object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
         if self.threads is not None:
             self._expect("threads", _is_int(self.threads) and self.threads >= 1, "a positive integer or null")
+        self._check_loggers()
         self._expect(
             "pool_options", isinstance(self.pool_options, Mapping), "a mapping of option names to values"
         )
@@ -239,6 +241,25 @@ class RunConfig:
         )
         self._check_ranges()
         self._check_names()
+
+    def _check_loggers(self) -> None:
+        from poolkit.tracking.sinks import LOGGERS  # names only: imports neither TensorBoard nor MLflow
+
+        loggers = self.loggers
+        if isinstance(loggers, str):
+            loggers = [loggers]
+        valid = ", ".join(sorted(LOGGERS))
+        self._expect(
+            "loggers",
+            isinstance(loggers, (list, tuple)) and all(isinstance(n, str) for n in loggers),
+            f"a list of logger names ({valid})",
+        )
+        unknown = [n for n in loggers if n not in LOGGERS]
+        if unknown:
+            raise ValueError(
+                f"RunConfig: unknown logger(s) {', '.join(map(repr, unknown))}; choose from: {valid}"
+            )
+        object.__setattr__(self, "loggers", list(dict.fromkeys(loggers)))
 
     def _expect(self, key: str, ok: bool, expected: str) -> None:
         if not ok:

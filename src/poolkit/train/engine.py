@@ -36,6 +36,7 @@ import poolkit
 from poolkit.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from poolkit.layers import GlobalPool2d, Pool2d
 from poolkit.models import create_model
+from poolkit.tracking import EpochEnded, EventStream, RunEnded, RunStarted, create_sinks
 from poolkit.train import distributed as D
 from poolkit.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -766,6 +767,38 @@ def _train(
     on_epoch: EpochCallback | None,
     lock: RunLock | None = None,
 ) -> dict[str, Any]:
+    """Train with the run's event stream: its sinks (``cfg.loggers``, rank 0) see how the run ends."""
+    stream = EventStream(create_sinks(cfg.loggers) if ctx.is_main else [])
+    try:
+        result = _train_loop(cfg, out, device, ctx, resume, progress, position, on_epoch, lock, stream)
+    except RunDiverged as exc:
+        stream.emit(RunEnded("diverged", message=str(exc)))
+        raise
+    except KeyboardInterrupt:
+        stream.emit(RunEnded("interrupted", message="interrupted (SIGINT/SIGTERM); resume with --resume"))
+        raise
+    except BaseException as exc:
+        stream.emit(RunEnded("failed", message=f"{type(exc).__name__}: {exc}"))
+        raise
+    else:
+        stream.emit(RunEnded("finished", result=result))
+        return result
+    finally:
+        stream.close()
+
+
+def _train_loop(
+    cfg: RunConfig,
+    out: Path,
+    device: torch.device,
+    ctx: D.DistContext,
+    resume: bool,
+    progress: bool,
+    position: int | None,
+    on_epoch: EpochCallback | None,
+    lock: RunLock | None,
+    stream: EventStream,
+) -> dict[str, Any]:
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(cfg, device, ctx)
@@ -783,6 +816,7 @@ def _train(
     if ctx.is_main:
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         atomic_write_json(out / ENV_FILE, env)
+    stream.emit(RunStarted(out, cfg.run_id(), cfg.to_dict(), resumed_epochs=start_epoch))
     columns = METRIC_COLUMNS + (VAL_COLUMNS if trainer.splits.val is not None else ())
     show = progress and ctx.is_main
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -848,6 +882,7 @@ def _train(
             atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
             if on_epoch is not None:
                 on_epoch(epoch, dict(row))
+            stream.emit(EpochEnded(epoch, {k: v for k, v in row.items() if k != "epoch"}))
         D.barrier(ctx)
     result = _result(cfg, trainer, rows)
     # Every rank's weights, to show that the replicas stayed identical (DDP's contract).
