@@ -69,3 +69,28 @@ def test_layers_models_and_swap_pooling_work_without_the_extras():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "core works without the extras"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--dataset", "synthetic", "--out", "unused"],
+        ["reproduce", "--preset", "quick", "--dry-run"],
+        ["report", "runs", "--out", "unused"],
+        ["bench", "--pools", "max", "--shape", "2x4x8x8", "--min-run-time", "0.01", "--no-progress"],
+        ["list", "presets"],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_harness_command_without_its_extra_names_the_pip_command(argv):
+    done = _run_without_extras(
+        f"""
+        import sys
+        from poolkit.cli import main
+        sys.exit(main({argv!r}))
+        """
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert 'pip install "poolkit[harness]"' in done.stderr, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -67,13 +67,36 @@ class CommandUnavailable(Exception):
     """The module of a sub-command is not part of this installation."""
 
 
+#: Third-party import name -> the extra that installs it. ``pip install poolkit`` is the core (torch and
+#: numpy); the commands need the harness extra.
+EXTRA_OF_PACKAGE: dict[str, str] = {
+    **dict.fromkeys(("yaml", "tqdm", "PIL", "matplotlib", "scipy", "mlxtend", "submitit"), "harness"),
+    **dict.fromkeys(("tensorboard", "mlflow", "sqlalchemy", "alembic"), "tracking"),
+}
+
+
+def missing_extra(exc: ModuleNotFoundError) -> str | None:
+    """The extra whose package ``exc`` is missing (None when it is not one of poolkit's extras)."""
+    return EXTRA_OF_PACKAGE.get((exc.name or "").split(".")[0])
+
+
+def _install_hint(command: str, exc: ModuleNotFoundError, extra: str) -> str:
+    return (
+        f"'poolkit {command}' needs the {extra} extra, which is not installed (no module named "
+        f"{exc.name!r}): pip install \"poolkit[{extra}]\" (from a checkout: pip install -e \".[{extra}]\")"
+    )
+
+
 def _load(name: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]:
     command = COMMANDS[name]
     try:
         module: ModuleType = importlib.import_module(command.module)
     except ModuleNotFoundError as exc:
-        # Only the command's own module (or a package above it) missing means "not available"; a
-        # missing third-party dependency inside it is a real error and keeps its traceback.
+        # The command's own module (or a package above it) missing means "not available"; a missing
+        # package of an extra names its pip command; any other missing module is a real error.
+        extra = missing_extra(exc)
+        if extra is not None:
+            raise CommandUnavailable(_install_hint(name, exc, extra)) from None
         if exc.name is None or not command.module.startswith(exc.name):
             raise
         raise CommandUnavailable(
@@ -135,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         # A problem the user can fix: one line naming it and the fix. Anything else is a bug: traceback.
         print(f"poolkit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a package of an extra imported on first use (e.g. matplotlib)
+        extra = missing_extra(exc)
+        if extra is None:
+            raise
+        print(f"poolkit: error: {_install_hint(args.command, exc, extra)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("poolkit: interrupted", file=sys.stderr)
