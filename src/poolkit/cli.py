@@ -83,7 +83,7 @@ def missing_extra(exc: ModuleNotFoundError) -> str | None:
 def _install_hint(command: str, exc: ModuleNotFoundError, extra: str) -> str:
     return (
         f"'poolkit {command}' needs the {extra} extra, which is not installed (no module named "
-        f"{exc.name!r}): pip install \"poolkit[{extra}]\" (from a checkout: pip install -e \".[{extra}]\")"
+        f'{exc.name!r}): pip install "poolkit[{extra}]" (from a checkout: pip install -e ".[{extra}]")'
     )
 
 

@@ -698,7 +698,14 @@ def train_run(
             D.barrier(ctx)
             if state == "finished":
                 return _finished(cfg, out, device, ctx)
-            return _train(cfg, out, device, ctx, state == "resume", progress, position, on_epoch, lock)
+            resume_run = state == "resume"
+            return _tracked(
+                cfg,
+                ctx,
+                lambda stream: _train(
+                    cfg, out, device, ctx, resume_run, progress, position, on_epoch, lock, stream
+                ),
+            )
         finally:
             if lock is not None:
                 lock.release()
@@ -756,21 +763,13 @@ def _take_lock(out: Path, ctx: D.DistContext, wait_s: float) -> RunLock | None:
     raise RunLockError(failure[1])
 
 
-def _train(
-    cfg: RunConfig,
-    out: Path,
-    device: torch.device,
-    ctx: D.DistContext,
-    resume: bool,
-    progress: bool,
-    position: int | None,
-    on_epoch: EpochCallback | None,
-    lock: RunLock | None = None,
+def _tracked(
+    cfg: RunConfig, ctx: D.DistContext, train: Callable[[EventStream], dict[str, Any]]
 ) -> dict[str, Any]:
-    """Train with the run's event stream: its sinks (``cfg.loggers``, rank 0) see how the run ends."""
+    """Run ``train`` with the run's event stream: its sinks (``cfg.loggers``, rank 0) see how the run ends."""
     stream = EventStream(create_sinks(cfg.loggers) if ctx.is_main else [])
     try:
-        result = _train_loop(cfg, out, device, ctx, resume, progress, position, on_epoch, lock, stream)
+        result = train(stream)
     except RunDiverged as exc:
         stream.emit(RunEnded("diverged", message=str(exc)))
         raise
@@ -787,7 +786,7 @@ def _train(
         stream.close()
 
 
-def _train_loop(
+def _train(
     cfg: RunConfig,
     out: Path,
     device: torch.device,
