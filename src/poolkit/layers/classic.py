@@ -47,6 +47,31 @@ def max_pool2d(
     return restore(window_max(x, g), x, unbatched)
 
 
+def _avg(x: Tensor, g: PoolGeometry, count_include_pad: bool, divisor_override: int | None) -> Tensor:
+    if divisor_override is not None:
+        return window_sum(x, g) / divisor_override
+    if count_include_pad and g.padding != (0,) * len(g.padding):
+        # torch's divisor: the window's cells inside the padded input (ceil_mode overhang excluded).
+        return F.avg_pool2d(x, g.kernel_size, g.stride, g.padding, g.ceil_mode, count_include_pad=True)
+    return window_mean(x, g)
+
+
+def _check_avg_options(
+    count_include_pad: bool, divisor_override: int | None, g: PoolGeometry | None, method: str
+) -> None:
+    if divisor_override is not None and (
+        isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override < 1
+    ):
+        raise ValueError(
+            f"{method}: divisor_override must be None or a positive int, got {divisor_override!r}"
+        )
+    if count_include_pad and g is not None and g.dilation != (1,) * len(g.dilation):
+        raise ValueError(
+            f"{method}: count_include_pad=True is defined (as in torch's AvgPool2d) only without dilation, "
+            f"got dilation={g.dilation}; use count_include_pad=False or dilation=1"
+        )
+
+
 def avg_pool2d(
     input: Tensor,
     kernel_size: Size2,
@@ -54,18 +79,27 @@ def avg_pool2d(
     padding: Size2 = 0,
     dilation: Size2 = 1,
     ceil_mode: bool = False,
+    *,
+    count_include_pad: bool = False,
+    divisor_override: int | None = None,
 ) -> Tensor:
     """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i`` (``count_include_pad=False``).
 
-    Unlike :func:`torch.nn.functional.avg_pool2d` it accepts ``dilation``.
+    Unlike :func:`torch.nn.functional.avg_pool2d` it accepts ``dilation``, and by default it does not count
+    the zero padding. ``count_include_pad=True`` divides by the window's cells inside the padded input and
+    ``divisor_override=d`` by ``d``, exactly as :class:`torch.nn.AvgPool2d` (which
+    :func:`poolkit.swap_pooling` relies on to keep a swapped ``AvgPool2d``'s output).
 
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
         >>> round(avg_pool2d(x, 2).item(), 6)
         0.15
+        >>> round(avg_pool2d(x, 2, divisor_override=2).item(), 6)
+        0.3
     """
     x, g, unbatched = prepare(input, "avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    return restore(window_mean(x, g), x, unbatched)
+    _check_avg_options(count_include_pad, divisor_override, g, "avg_pool2d")
+    return restore(_avg(x, g, bool(count_include_pad), divisor_override), x, unbatched)
 
 
 def _lp(x: Tensor, g: PoolGeometry, norm_type: float) -> Tensor:
@@ -160,13 +194,51 @@ class MaxPool(Pool2d):
 class AvgPool(Pool2d):
     """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i``. No learnable parameters.
 
+    Args:
+        count_include_pad: divide by the window's cells inside the padded input, zero padding included,
+            as :class:`torch.nn.AvgPool2d`'s default (default False: real cells only).
+        divisor_override: divide every window's sum by this int instead (as ``nn.AvgPool2d``).
+
     Example:
         >>> round(AvgPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
         0.15
     """
 
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        count_include_pad: bool = False,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        _check_avg_options(count_include_pad, divisor_override, self.geometry, type(self).__name__)
+        if self.geometry is None and (count_include_pad or divisor_override is not None):
+            raise ValueError(
+                "AvgPool: the global form has no padding and one window per map; count_include_pad and "
+                "divisor_override apply only to windowed pools"
+            )
+        self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = divisor_override
+
     def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
-        return window_mean(x, geometry)
+        return _avg(x, geometry, self.count_include_pad, self.divisor_override)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"count_include_pad": self.count_include_pad, "divisor_override": self.divisor_override}
+
+    def _option_repr(self) -> dict[str, object]:
+        shown: dict[str, object] = {}
+        if self.count_include_pad:
+            shown["count_include_pad"] = True
+        if self.divisor_override is not None:
+            shown["divisor_override"] = self.divisor_override
+        return shown
 
 
 @register_pool("lp", functional=lp_pool2d, family="classic", title="LP (p=2)")
