@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -32,11 +33,25 @@ def reseed(value: int) -> None:
         torch.random.default_generator.manual_seed(value)
 
 
-def options_for(name: str, kernel_size: Any) -> dict[str, Any]:
+ADAPTIVE_POOLS = [n for n in ALL_POOLS if poolkit.get_pool_spec(n).supports_global]
+#: Every form beyond the 2-D windowed one: (label, spatial_dims, adaptive).
+FORMS = [
+    ("1d", 1, False),
+    ("3d", 3, False),
+    ("adaptive1d", 1, True),
+    ("adaptive2d", 2, True),
+    ("adaptive3d", 3, True),
+]
+#: (method, form) pairs that exist: every method has the windowed forms, all but two the adaptive ones.
+FORM_CASES = [(name, form) for form in FORMS for name in ALL_POOLS if not form[2] or name in ADAPTIVE_POOLS]
+FORM_IDS = [f"{name}-{form[0]}" for name, form in FORM_CASES]
+
+
+def options_for(name: str, kernel_size: Any, spatial_dims: int = 2) -> dict[str, Any]:
     """Options that keep a method valid for any window: K is clipped to the window's area."""
-    if name in K_METHODS:
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        return {"k": min(4, kh * kw)}
+    if name in K_METHODS and kernel_size is not None:
+        sizes = (kernel_size,) * spatial_dims if isinstance(kernel_size, int) else kernel_size
+        return {"k": min(4, math.prod(sizes))}
     return {}
 
 
@@ -77,3 +92,31 @@ def geometry_kwargs(module: nn.Module) -> dict[str, Any]:
         "dilation": module.dilation,
         "ceil_mode": module.ceil_mode,
     }
+
+
+def build_form(
+    name: str,
+    spatial_dims: int,
+    adaptive: bool,
+    kernel_size: Any = 2,
+    stride: Any = None,
+    padding: Any = 0,
+    dilation: Any = 1,
+    ceil_mode: bool = False,
+    *,
+    output_size: Any = 2,
+    channels: int = CHANNELS,
+    seed: int = 0,
+    **options: Any,
+) -> nn.Module:
+    """A pool of any form with reproducible initial weights: windowed (geometry) or adaptive (output_size)."""
+    reseed(seed)
+    if adaptive:
+        return poolkit.create_adaptive_pool(
+            name, output_size, channels=channels, spatial_dims=spatial_dims, **options
+        )
+    opts = {**options_for(name, kernel_size, spatial_dims), **options}
+    return poolkit.create_pool(
+        name, kernel_size, stride, padding, dilation, ceil_mode, channels=channels, spatial_dims=spatial_dims,
+        **opts,
+    )  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 
 import pytest
 import torch
@@ -14,12 +15,17 @@ from torch import nn
 import poolkit
 from poolkit.layers.windows import PoolGeometry, min_window_count
 from pools import (
+    ADAPTIVE_POOLS,
     ALL_POOLS,
     BLENDS,
     CHANNELS,
+    FORM_CASES,
+    FORM_IDS,
+    FORMS,
     STOCHASTIC,
     WEIGHTED_AVERAGES,
     build,
+    build_form,
     geometry_kwargs,
     perturb,
     reseed,
@@ -406,7 +412,7 @@ def test_channels_required_by_per_channel_methods():
 def test_global_form(name):
     spec = poolkit.get_pool_spec(name)
     if not spec.supports_global:
-        with pytest.raises(ValueError, match="no global form"):
+        with pytest.raises(ValueError, match="no global or adaptive form"):
             poolkit.create_global_pool(name, channels=CHANNELS)
         return
     x = torch.rand(2, CHANNELS, 5, 7) + 0.1
@@ -484,3 +490,272 @@ def test_pools_expose_maxpool_attributes():
         assert pool.kernel_size == (3, 3) and pool.stride == (2, 2) and pool.padding == (1, 1)
         assert pool.dilation == (1, 1) and pool.ceil_mode is True
         assert "kernel_size=(3, 3)" in repr(pool)
+
+
+# ------------------------------------------------------------------ every other form: 1-D, 3-D, adaptive
+# The tests above run the 2-D windowed form; these run the same checks on every other form of every method
+# (tests/pools.py: FORM_CASES), on sampled grids so that the 3-D forms stay cheap.
+
+_NATIVE_MAX = {1: nn.MaxPool1d, 2: nn.MaxPool2d, 3: nn.MaxPool3d}
+_NATIVE_ADAPTIVE_MAX = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}
+_SPATIAL = {1: (9,), 2: (7, 6), 3: (5, 4, 6)}
+
+
+def _form_input(
+    spatial_dims: int, *, batch: int = 2, channels: int = CHANNELS, seed: int = 0
+) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, *_SPATIAL[spatial_dims], generator=gen)
+
+
+def _form_geometry(spatial_dims: int) -> dict:
+    """A geometry with padding and ceil_mode (cut windows) for the windowed forms."""
+    return {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
+
+
+def _build_case(name, form, **kwargs):
+    _, dims, adaptive = form
+    if adaptive:
+        return build_form(name, dims, True, output_size=kwargs.pop("output_size", (3,) * dims), **kwargs)
+    return build_form(name, dims, False, **{**_form_geometry(dims), **kwargs})
+
+
+def _sampled_grid(spatial_dims: int, count: int, seed: int):
+    """``count`` (kernel, stride, padding, dilation, ceil_mode) tuples with per-axis entries, sampled."""
+    rng = __import__("random").Random(seed)
+    cases = []
+    for _ in range(count):
+        k = tuple(rng.randint(1, 4) for _ in range(spatial_dims))
+        cases.append((
+            k,
+            tuple(rng.randint(1, 3) for _ in range(spatial_dims)),
+            tuple(rng.randint(0, kk // 2) for kk in k),
+            rng.choice((1, 2)),
+            rng.random() < 0.5,
+        ))  # fmt: skip
+    return cases
+
+
+@pytest.mark.parametrize("name", ALL_POOLS)
+@pytest.mark.parametrize("spatial_dims", [1, 3])
+def test_form_shape_parity_with_maxpool_over_a_grid(name, spatial_dims):
+    """1-D: the 2-D test's whole grid; 3-D: 24 sampled geometries with per-axis tuples; vs nn.MaxPool{n}d."""
+    grid = (
+        [((k,), (s,), (p,), d, c) for k, s, p, d, c in GRID]
+        if spatial_dims == 1
+        else _sampled_grid(3, 24, seed=len(name))
+    )
+    sizes = [(10,), (3,)] if spatial_dims == 1 else [(5, 4, 6), (3, 2, 4)]
+    for size in sizes:
+        x = torch.randn(2, CHANNELS, *size)
+        for k, s, p, d, c in grid:
+            native = _NATIVE_MAX[spatial_dims](k, s, p, d, ceil_mode=c)
+            try:
+                expected = native(x).shape
+            except RuntimeError:
+                expected = None
+            pool = build_form(name, spatial_dims, False, k, s, p, d, c).eval()
+            if expected is None:
+                with pytest.raises(ValueError, match="larger than the padded input"):
+                    pool(x)
+                continue
+            y = pool(x)
+            assert y.shape == expected, (name, k, s, p, d, c, size)
+            g = PoolGeometry.create(k, s, p, d, c, spatial_dims)
+            if min_window_count(g, *size) > 0:
+                assert torch.isfinite(y).all(), (name, k, s, p, d, c, size)
+
+
+@pytest.mark.parametrize("name", ADAPTIVE_POOLS)
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_adaptive_shape_parity_with_torch(name, spatial_dims):
+    """Output sizes below, equal to and above the input's, and None (keep that axis), as torch's pools."""
+    sizes = {1: [(7,), (1,)], 2: [(7, 5), (2, 9)], 3: [(5, 4, 3)]}[spatial_dims]
+    outputs = {
+        1: [1, 3, 7, 9, (None,)],
+        2: [1, (3, 2), (7, 5), (4, None), (None, 8)],
+        3: [1, (2, 3, 2), (None, 3, 4), (5, 4, 3)],
+    }[spatial_dims]
+    for size in sizes:
+        x = torch.rand(2, CHANNELS, *size) + 0.1
+        for out in outputs:
+            torch_out = size[0] if out == (None,) else out  # AdaptiveMaxPool1d takes no None
+            expected = _NATIVE_ADAPTIVE_MAX[spatial_dims](torch_out)(x).shape
+            pool = build_form(name, spatial_dims, True, output_size=out).eval()
+            y = pool(x)
+            assert y.shape == expected, (name, out, size)
+            assert torch.isfinite(y).all(), (name, out, size)
+            assert pool(x[0]).shape == expected[1:]  # unbatched
+
+
+@pytest.mark.parametrize("spatial_dims", [1, 2, 3])
+def test_adaptive_max_and_avg_equal_torch(spatial_dims):
+    x = torch.randn(2, 3, *{1: (13,), 2: (11, 7), 3: (7, 5, 6)}[spatial_dims], dtype=torch.float64)
+    fn_max = getattr(nn.functional, f"adaptive_max_pool{spatial_dims}d")
+    fn_avg = getattr(nn.functional, f"adaptive_avg_pool{spatial_dims}d")
+    for out in [1, 2, 3, 4, 5, 9, 14]:
+        size = (out,) * spatial_dims
+        torch.testing.assert_close(
+            poolkit.create_adaptive_pool("max", size, spatial_dims=spatial_dims)(x), fn_max(x, size)
+        )
+        torch.testing.assert_close(
+            poolkit.create_adaptive_pool("avg", size, spatial_dims=spatial_dims)(x), fn_avg(x, size)
+        )
+
+
+@pytest.mark.parametrize("name", [n for n in ADAPTIVE_POOLS if not poolkit.get_pool_spec(n).needs_channels])
+def test_adaptive_windows_are_torchs(name):
+    """Each output cell equals the global form of the method on its window [floor(iL/o), ceil((i+1)L/o))."""
+    x = torch.rand(1, 2, 7, 5, dtype=torch.float64) + 0.1
+    out = (3, 4)
+    pool = build_form(name, 2, True, output_size=out, channels=2).double().eval()
+    whole = build_form(name, 2, True, output_size=1, channels=2).double().eval()
+    with torch.no_grad():
+        for p, q in zip(pool.parameters(), whole.parameters(), strict=True):
+            q.copy_(p)
+    y = pool(x)
+    for i in range(out[0]):
+        for j in range(out[1]):
+            rows = slice(i * 7 // out[0], -(-(i + 1) * 7 // out[0]))
+            cols = slice(j * 5 // out[1], -(-(j + 1) * 5 // out[1]))
+            torch.testing.assert_close(y[..., i, j], whole(x[..., rows, cols])[..., 0, 0])
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_POOLS if not poolkit.get_pool_spec(n).needs_channels])
+def test_1d_pool_equals_the_2d_pool_with_kernel_1_by_k(name):
+    """A 1-D pool on (N, C, L) is the 2-D pool with kernel (1, k) on (N, C, 1, L); 3-D (1, kh, kw) too."""
+    x = torch.randn(2, CHANNELS, 11)
+    for k, s, p, d, c in [(3, 2, 1, 1, True), (2, 2, 0, 1, False), (4, 1, 2, 2, False)]:
+        opts = {"k": 2} if name in ("tmaxavg", "soft_tmaxavg", "learnable_t") else {}
+        one = build_form(name, 1, False, k, s, p, d, c, **opts).eval()
+        two = build_form(name, 2, False, (1, k), (1, s), (0, p), (1, d), c, **opts).eval()
+        torch.testing.assert_close(one(x), two(x.unsqueeze(-2)).squeeze(-2), rtol=1e-6, atol=1e-7)
+        if name in STOCHASTIC:  # training draws too, from the same generator state
+            torch.manual_seed(3)
+            y1 = one.train()(x)
+            torch.manual_seed(3)
+            torch.testing.assert_close(y1, two.train()(x.unsqueeze(-2)).squeeze(-2), rtol=1e-6, atol=1e-7)
+    x3 = torch.randn(2, CHANNELS, 1, 6, 7)
+    three = build_form(name, 3, False, (1, 3, 2), (1, 2, 2), (0, 1, 0), ceil_mode=True).eval()
+    two = build_form(name, 2, False, (3, 2), (2, 2), (1, 0), ceil_mode=True).eval()
+    if name != "blurmax":  # the 3-D blur also blurs along D (replicated here), so only the others are equal
+        torch.testing.assert_close(three(x3), two(x3[:, :, 0]).unsqueeze(2), rtol=1e-6, atol=1e-7)
+
+
+def test_forms_with_convolutional_parts_use_the_matching_conv():
+    for dims, conv in ((1, nn.Conv1d), (2, nn.Conv2d), (3, nn.Conv3d)):
+        assert isinstance(build_form("attention", dims, False).hidden, conv)
+        assert isinstance(build_form("lip", dims, False).logit_conv, conv)
+        assert build_form("gated", dims, False).weight.dim() == dims + 2
+        assert build_form("strided_conv", dims, False, 3).weight.shape == (CHANNELS, 1, *(3,) * dims)
+        assert build_form("blurmax", dims, False).blur.shape == (3,) * dims
+
+
+@pytest.mark.parametrize(("name", "form"), FORM_CASES, ids=FORM_IDS)
+def test_form_gradcheck_float64(name, form):
+    """Input and learnable parameters, in training mode, on distinct values (no ties, away from kinks)."""
+    _, dims, adaptive = form
+    size = {1: (7,), 2: (5, 5), 3: (4, 3, 4)}[dims]
+    numel = 2 * math.prod(size)
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randperm(numel, generator=gen).double() / numel + 0.35).view(1, 2, *size).requires_grad_()
+    if adaptive:
+        module = build_form(name, dims, True, output_size=(2,) * dims, channels=2)
+    else:
+        module = build_form(name, dims, False, 3, 2, 1, channels=2)
+    module = perturb(module.double()).train()
+    _gradcheck_module(name, module, x, include_params=name != "stochastic_mix")
+    if name in STOCHASTIC:
+        _gradcheck_module(name, module.eval(), x)
+
+
+def _functional_args(module, form) -> dict:
+    _, _, adaptive = form
+    if adaptive:
+        return {"output_size": module.output_size}
+    return geometry_kwargs(module)
+
+
+@pytest.mark.parametrize(("name", "form"), FORM_CASES, ids=FORM_IDS)
+def test_form_module_equals_functional_and_unbatched(name, form):
+    _, dims, adaptive = form
+    module = perturb(_build_case(name, form)).train()
+    x = _form_input(dims)
+    twin = poolkit.functional.functional_for(name, dims, adaptive)
+    assert twin.__name__.endswith(f"pool{dims}d") and twin.__name__.startswith("adaptive_") == adaptive
+    torch.manual_seed(7)
+    expected = module(x)
+    torch.manual_seed(7)
+    got = twin(x, **_functional_args(module, form), **module.functional_kwargs())
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    module.eval()
+    torch.testing.assert_close(module(x[1]), module(x)[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "form"), FORM_CASES, ids=FORM_IDS)
+def test_form_errors_name_the_problem(name, form):
+    _, dims, adaptive = form
+    module = _build_case(name, form)
+    with pytest.raises(ValueError, match=f"{dims + 2}-D"):
+        module(torch.randn(1, CHANNELS, *(6,) * (dims + 1)))
+    with pytest.raises(ValueError, match="floating-point"):
+        module(torch.ones(1, CHANNELS, *(6,) * dims, dtype=torch.int64))
+    with pytest.raises(ValueError, match="channels"):
+        module(torch.randn(1, CHANNELS + 1, *(6,) * dims))
+    if adaptive:
+        with pytest.raises(ValueError, match="output_size must be"):
+            build_form(name, dims, True, output_size=(2,) * (dims + 1))
+        with pytest.raises(ValueError, match="output_size must be"):
+            build_form(name, dims, True, output_size=0)
+    else:
+        with pytest.raises(ValueError, match=f"tuple of {dims} ints"):
+            build_form(name, dims, False, (2,) * (dims + 1))
+        with pytest.raises(ValueError, match="larger than the padded input"):
+            build_form(name, dims, False, 2)(torch.randn(1, CHANNELS, *(1,) * dims))
+
+
+def test_forms_refused_with_a_clear_error():
+    for name in ("strided_conv", "blurmax"):
+        with pytest.raises(ValueError, match="no global or adaptive form"):
+            poolkit.create_adaptive_pool(name, 2, channels=CHANNELS)
+    with pytest.raises(ValueError, match="spatial_dims must be 1, 2 or 3"):
+        poolkit.create_pool("max", 2, spatial_dims=4)
+    with pytest.raises(ValueError, match="not both"):
+        poolkit.layers.MaxPool(2, output_size=3)
+    with pytest.raises(ValueError, match="no 3-D adaptive form"):
+        poolkit.functional.functional_for("blurmax", 3, adaptive=True)
+
+
+@pytest.mark.parametrize("form", FORMS, ids=[f[0] for f in FORMS])
+@pytest.mark.parametrize("name", ["tmaxavg", "attention", "stochastic_mix", "lip", "gem"])
+def test_form_torch_compile_and_export(name, form):
+    """Full-graph aot_eager compile and torch.export, in eval mode, on a sample of methods for every form."""
+    torch._dynamo.reset()
+    module = perturb(_build_case(name, form)).eval()
+    x = _form_input(form[1])
+    expected = module(x)
+    compiled = torch.compile(module, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), expected, rtol=1e-6, atol=1e-6)
+    exported = torch.export.export(module, (x,))
+    torch.testing.assert_close(exported.module()(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "form"), FORM_CASES, ids=FORM_IDS)
+def test_form_learnable_parameters_receive_gradients(name, form):
+    module = perturb(_build_case(name, form)).train()
+    if not list(module.parameters()):
+        return
+    torch.manual_seed(0)
+    module(_form_input(form[1], batch=4)).square().sum().backward()
+    for pname, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, (name, pname)
+
+
+def test_global_form_is_the_adaptive_form_with_output_size_1():
+    x = torch.rand(2, CHANNELS, 5, 7) + 0.1
+    for dims, shape in ((1, (2, CHANNELS, 9)), (2, (2, CHANNELS, 5, 7)), (3, (2, CHANNELS, 3, 4, 5))):
+        x = torch.rand(*shape) + 0.1
+        gp = poolkit.create_global_pool("gem", spatial_dims=dims, flatten=True)
+        ap = poolkit.create_adaptive_pool("gem", 1, spatial_dims=dims)
+        torch.testing.assert_close(gp(x), ap(x).flatten(1))
+        assert gp(x).shape == (2, CHANNELS)

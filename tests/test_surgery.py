@@ -153,3 +153,96 @@ def test_training_a_swapped_model_updates_the_pool():
     loss.backward()
     opt.step()
     assert not torch.equal(before, net[0].pool.theta)
+
+
+# ------------------------------------------------------- the swap changes nothing but the pooling method
+
+
+@pytest.mark.parametrize("name", ["stochastic", "stochastic_mix"])
+def test_new_layers_take_the_mode_of_the_layer_they_replace(name):
+    net = make_net().eval()
+    poolkit.swap_pooling(net, name, example_input=torch.randn(1, 3, 16, 16))
+    pools = [m for m in net.modules() if isinstance(m, Pool2d)]
+    assert pools and not any(p.training for p in pools)
+    x = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(0)
+    first = net(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(net(x), first, rtol=0, atol=0)  # an eval model does not sample
+
+    net = make_net().train()
+    net[0].eval()
+    poolkit.swap_pooling(net, name)
+    assert not net[0].pool.training and net[1][1].training
+
+
+def test_new_layers_take_the_dtype_of_their_surroundings():
+    net = make_net()
+    net[1].double()  # one block in float64, the rest float32
+    poolkit.swap_pooling(net, "mixed")  # learnable, needs no forward pass
+    assert net[1][1].theta.dtype == torch.float64
+    assert net[0].pool.theta.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        nn.AvgPool2d(3, 2, 1),  # torch's default count_include_pad=True, with padding
+        nn.AvgPool2d(3, 2, 1, ceil_mode=True),
+        nn.AvgPool2d(2, 2, 1, ceil_mode=True, count_include_pad=True),
+        nn.AvgPool2d(3, 2, 0, ceil_mode=True),
+        nn.AvgPool2d(3, 2, 1, count_include_pad=False),
+        nn.AvgPool2d(3, 2, 1, divisor_override=2),
+        nn.AvgPool2d(2, divisor_override=3),
+    ],
+)
+def test_avgpool_swapped_to_avg_keeps_its_output(layer):
+    x = torch.randn(2, 3, 9, 8)
+    expected = layer(x)
+    net = poolkit.swap_pooling(nn.Sequential(layer), "avg", targets=(nn.AvgPool2d,))
+    assert isinstance(net[0], poolkit.layers.AvgPool)
+    torch.testing.assert_close(net(x), expected)
+
+
+def test_avgpool_options_other_methods_cannot_honour_are_errors():
+    with pytest.raises(ValueError, match="count_include_pad"):
+        poolkit.swap_pooling(nn.Sequential(nn.AvgPool2d(3, 2, 1)), "gem", targets=(nn.AvgPool2d,))
+    with pytest.raises(ValueError, match="divisor_override"):
+        poolkit.swap_pooling(
+            nn.Sequential(nn.AvgPool2d(2, divisor_override=3)), "max", targets=(nn.AvgPool2d,)
+        )
+    # Without padding, count_include_pad changes nothing (the divisor counts only real cells): accepted.
+    net = poolkit.swap_pooling(nn.Sequential(nn.AvgPool2d(2)), "gem", targets=(nn.AvgPool2d,))
+    assert isinstance(net[0], poolkit.layers.GeMPool)
+    net = poolkit.swap_pooling(
+        nn.Sequential(nn.AvgPool2d(3, 2, 1, count_include_pad=False)), "gem", targets=(nn.AvgPool2d,)
+    )
+    assert isinstance(net[0], poolkit.layers.GeMPool)
+
+
+def test_lppool_keeps_its_norm_type_or_is_refused():
+    layer = nn.LPPool2d(3, 2, stride=2)
+    x = torch.rand(2, 3, 8, 8)
+    expected = layer(x)
+    net = poolkit.swap_pooling(nn.Sequential(layer), "lp", targets=(nn.LPPool2d,))
+    assert net[0].norm_type == 3.0
+    torch.testing.assert_close(net(x), expected)
+    with pytest.raises(ValueError, match="norm_type"):
+        poolkit.swap_pooling(nn.Sequential(nn.LPPool2d(3, 2)), "max", targets=(nn.LPPool2d,))
+    with pytest.raises(ValueError, match="ceil_mode"):
+        poolkit.swap_pooling(nn.Sequential(nn.LPPool2d(2, 3, ceil_mode=True)), "lp", targets=(nn.LPPool2d,))
+
+
+def test_avg_count_include_pad_and_divisor_override_equal_torch():
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    for args in [(3, 2, 1, False), (3, 2, 1, True), (2, 2, 1, True), (3, 1, 1, False)]:
+        for cip, div in [(True, None), (False, None), (True, 5), (False, 2)]:
+            expected = nn.functional.avg_pool2d(x, *args, count_include_pad=cip, divisor_override=div)
+            got = poolkit.functional.avg_pool2d(
+                x, args[0], args[1], args[2], ceil_mode=args[3], count_include_pad=cip, divisor_override=div
+            )
+            torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="divisor_override must be"):
+        poolkit.create_pool("avg", 2, divisor_override=0)
+    with pytest.raises(ValueError, match="count_include_pad=True is defined"):
+        poolkit.create_pool("avg", 3, padding=1, dilation=2, count_include_pad=True)

@@ -80,9 +80,9 @@ def test_geometry_validation_and_cache():
         ({"kernel_size": 2, "padding": -1}, "non-negative"),
         ({"kernel_size": 3, "padding": 2}, "over half the kernel"),
         ({"kernel_size": 2, "dilation": 0}, "dilation must be positive"),
-        ({"kernel_size": "2"}, "int or a pair"),
-        ({"kernel_size": (1, 2, 3)}, "int or a pair"),
-        ({"kernel_size": True}, "int or a pair"),
+        ({"kernel_size": "2"}, "int or a tuple of 2 ints"),
+        ({"kernel_size": (1, 2, 3)}, "int or a tuple of 2 ints"),
+        ({"kernel_size": True}, "int or a tuple of 2 ints"),
     ]:
         with pytest.raises(ValueError, match=match):
             PoolGeometry.create(**bad)

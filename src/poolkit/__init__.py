@@ -6,6 +6,11 @@ Example:
     >>> pool = poolkit.create_pool("stochastic_mix", kernel_size=2, channels=64)
     >>> pool(torch.randn(8, 64, 32, 32)).shape
     torch.Size([8, 64, 16, 16])
+    >>> pool3d = poolkit.create_pool("attention", kernel_size=2, channels=32, spatial_dims=3)
+    >>> pool3d(torch.randn(2, 32, 8, 8, 8)).shape
+    torch.Size([2, 32, 4, 4, 4])
+    >>> poolkit.create_adaptive_pool("gem", output_size=(7, 7))(torch.rand(2, 512, 9, 9)).shape
+    torch.Size([2, 512, 7, 7])
 """
 
 import importlib
@@ -14,6 +19,7 @@ from types import ModuleType
 from poolkit import functional, layers
 from poolkit.registry import (
     PoolSpec,
+    create_adaptive_pool,
     create_global_pool,
     create_pool,
     get_pool_spec,
@@ -43,6 +49,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "PoolSpec",
     "__version__",
+    "create_adaptive_pool",
     "create_global_pool",
     "create_pool",
     "find_pools",

@@ -22,6 +22,7 @@ __all__ = [
     "STUDY_METHODS",
     "PoolFactory",
     "PoolSpec",
+    "create_adaptive_pool",
     "create_global_pool",
     "create_pool",
     "get_pool_spec",
@@ -44,7 +45,10 @@ STUDY_METHODS: tuple[str, ...] = (
     "stochastic_mix",
 )
 PoolFactory = str | type[nn.Module] | functools.partial
-_GEOMETRY_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "channels", "device", "dtype")
+_GEOMETRY_ARGS = (
+    "kernel_size", "stride", "padding", "dilation", "ceil_mode", "channels", "device", "dtype",
+    "spatial_dims", "output_size",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,8 @@ class PoolSpec:
         title: a human-readable name for tables and figures.
         needs_channels: whether ``channels=`` is required (per-channel or convolutional parts).
         stochastic: whether training mode draws random numbers.
-        supports_global: whether :func:`create_global_pool` accepts it.
+        supports_global: whether it has the adaptive forms (:func:`create_adaptive_pool`, and
+            :func:`create_global_pool`, their ``output_size=1`` case).
     """
 
     name: str
@@ -146,51 +151,69 @@ def _check_options(cls: type, label: str, options: dict[str, Any]) -> None:
         raise ValueError(f"unknown option(s) {unknown} for pool {label}; its options are: {listed}")
 
 
+def _is_poolkit_class(target: Any) -> bool:
+    return inspect.isclass(target) and hasattr(target, "registry_name")
+
+
 def create_pool(
     method: PoolFactory,
-    kernel_size: int | tuple[int, int],
-    stride: int | tuple[int, int] | None = None,
-    padding: int | tuple[int, int] = 0,
-    dilation: int | tuple[int, int] = 1,
+    kernel_size: int | tuple[int, ...],
+    stride: int | tuple[int, ...] | None = None,
+    padding: int | tuple[int, ...] = 0,
+    dilation: int | tuple[int, ...] = 1,
     ceil_mode: bool = False,
     *,
     channels: int | None = None,
+    spatial_dims: int = 2,
     **options: Any,
 ) -> nn.Module:
     """Build a pooling layer from a registered name, a class or a ``functools.partial``.
 
     Args:
         method: a name from :func:`list_pools`, a pool class, or a ``functools.partial`` of one.
-        kernel_size, stride, padding, dilation, ceil_mode: as :class:`torch.nn.MaxPool2d`.
+        kernel_size, stride, padding, dilation, ceil_mode: as :class:`torch.nn.MaxPool1d`/``2d``/``3d``
+            (ints, or tuples of length ``spatial_dims``).
         channels: the number of input channels; required by methods with per-channel or
             convolutional parts (see ``PoolSpec.needs_channels``), checked against the input by all.
+        spatial_dims: 1 for (N, C, L) inputs, 2 (default) for (N, C, H, W), 3 for (N, C, D, H, W);
+            every registered method has all three forms.
         **options: the method's own options (``k``, ``threshold``, ``tau``, ...).
 
     Raises:
-        ValueError: an unknown name (the message lists the valid ones), an unknown option, or a
-            missing ``channels``.
+        ValueError: an unknown name (the message lists the valid ones), an unknown option, a
+            missing ``channels``, or ``spatial_dims`` other than 1, 2, 3.
 
     Example:
         >>> import torch, poolkit
         >>> pool = poolkit.create_pool("tmaxavg", kernel_size=2, k=2, threshold=0.5)
         >>> pool(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).flatten().tolist()
         [0.22499999403953552]
+        >>> poolkit.create_pool("stochastic_mix", kernel_size=4, spatial_dims=1)(torch.randn(8, 64, 32)).shape
+        torch.Size([8, 64, 8])
     """
     geometry = {"stride": stride, "padding": padding, "dilation": dilation, "ceil_mode": ceil_mode}
+    form = {"channels": channels, "spatial_dims": spatial_dims}
     if isinstance(method, str):
         cls = get_pool_spec(method).cls
         _check_options(cls, repr(method), options)
-        return cls(kernel_size, **geometry, channels=channels, **options)
+        return cls(kernel_size, **geometry, **form, **options)
     if isinstance(method, functools.partial):
         target = method.func
-        if inspect.isclass(target) and hasattr(target, "registry_name"):
+        if _is_poolkit_class(target):
             _check_options(target, target.__name__, options)
+            return method(kernel_size, **geometry, **form, **options)
+        if spatial_dims != 2:
+            raise ValueError(
+                f"create_pool: spatial_dims={spatial_dims} needs a poolkit method; a partial of "
+                f"{getattr(target, '__name__', target)!r} gets only the geometry"
+            )
         return method(kernel_size, **geometry, channels=channels, **options)
     if inspect.isclass(method) and issubclass(method, nn.Module):
-        if hasattr(method, "registry_name"):
+        if _is_poolkit_class(method):
             _check_options(method, method.__name__, options)
-            return method(kernel_size, **geometry, channels=channels, **options)
-        # A foreign class such as nn.MaxPool2d or nn.AvgPool2d: pass what its signature accepts.
+            return method(kernel_size, **geometry, **form, **options)
+        # A foreign class such as nn.MaxPool2d or nn.AvgPool1d: pass what its signature accepts (its own
+        # class fixes its number of spatial dims).
         accepted = inspect.signature(method.__init__).parameters
         kwargs = {k: v for k, v in {**geometry, "channels": channels}.items() if k in accepted}
         return method(kernel_size, **kwargs, **options)
@@ -200,12 +223,75 @@ def create_pool(
     )
 
 
-def create_global_pool(
-    method: str = "avg", channels: int | None = None, *, flatten: bool = False, **options: Any
-) -> nn.Module:
-    """Global pooling: one window covering the whole feature map.
+def _adaptive_spec(method: str) -> PoolSpec:
+    spec = get_pool_spec(method)
+    if not spec.supports_global:
+        valid = [n for n in list_pools() if _REGISTRY[n].supports_global]
+        raise ValueError(
+            f"pool {method!r} has no global or adaptive form (its weights or filter depend on a fixed "
+            f"window and stride); adaptive pools are: {', '.join(valid)}"
+        )
+    return spec
 
-    Output is (N, C, 1, 1), or (N, C) with ``flatten=True``. Every registered method whose learnable
+
+def create_adaptive_pool(
+    method: PoolFactory,
+    output_size: int | tuple[int | None, ...],
+    *,
+    channels: int | None = None,
+    spatial_dims: int = 2,
+    **options: Any,
+) -> nn.Module:
+    """An adaptive pool: like ``nn.AdaptiveAvgPool{spatial_dims}d(output_size)``, with any method.
+
+    Output cell ``i`` of an axis of length ``L`` pools the input cells ``floor(i L / out)`` to
+    ``ceil((i + 1) L / out) - 1``, exactly PyTorch's adaptive windows; ``max`` and ``avg`` equal
+    ``F.adaptive_max_pool{n}d`` and ``F.adaptive_avg_pool{n}d``. ``output_size`` is an int or one int per
+    spatial axis, None keeping that axis's input size. ``output_size=1`` is the global form
+    (:func:`create_global_pool`). Options clipped to the window (T-Max-Avg's K) are clipped per window.
+    Every method but ``strided_conv`` and ``blurmax`` has this form.
+
+    Example:
+        >>> import torch, poolkit
+        >>> head = poolkit.create_adaptive_pool("gem", output_size=(7, 7))
+        >>> head(torch.rand(2, 512, 15, 15)).shape
+        torch.Size([2, 512, 7, 7])
+        >>> poolkit.create_adaptive_pool("max", (None, 3))(torch.rand(1, 2, 5, 7)).shape
+        torch.Size([1, 2, 5, 3])
+    """
+    target: Any
+    if isinstance(method, str):
+        target = _adaptive_spec(method).cls
+        _check_options(target, repr(method), options)
+        build: Any = target
+    elif isinstance(method, functools.partial) and _is_poolkit_class(method.func):
+        target, build = method.func, method
+        _check_options(target, target.__name__, options)
+    elif _is_poolkit_class(method):
+        target = build = method
+        _check_options(target, target.__name__, options)
+    else:
+        raise ValueError(
+            f"create_adaptive_pool expects a registered name, a poolkit pool class or a functools.partial "
+            f"of one, got {method!r}; valid names are: {', '.join(list_pools())}"
+        )
+    if target.registry_name:
+        _adaptive_spec(target.registry_name)
+    pool = build(None, channels=channels, spatial_dims=spatial_dims, output_size=output_size, **options)
+    return pool  # type: ignore[no-any-return]
+
+
+def create_global_pool(
+    method: str = "avg",
+    channels: int | None = None,
+    *,
+    flatten: bool = False,
+    spatial_dims: int = 2,
+    **options: Any,
+) -> nn.Module:
+    """Global pooling: one window covering the whole feature map (``create_adaptive_pool(..., 1)``).
+
+    Output is (N, C, 1, ...), or (N, C) with ``flatten=True``. Every registered method whose learnable
     parts do not depend on the window size is accepted (all but ``strided_conv`` and ``blurmax``).
 
     Example:
@@ -216,13 +302,5 @@ def create_global_pool(
     """
     from poolkit.layers.global_pool import GlobalPool2d
 
-    spec = get_pool_spec(method)
-    if not spec.supports_global:
-        valid = [n for n in list_pools() if _REGISTRY[n].supports_global]
-        raise ValueError(
-            f"pool {method!r} has no global form (its weights depend on the window size); "
-            f"global pools are: {', '.join(valid)}"
-        )
-    _check_options(spec.cls, repr(method), options)
-    inner = spec.cls(None, channels=channels, **options)
-    return GlobalPool2d(inner, flatten=flatten)
+    inner = create_adaptive_pool(method, 1, channels=channels, spatial_dims=spatial_dims, **options)
+    return GlobalPool2d(inner, flatten=flatten)  # type: ignore[arg-type]

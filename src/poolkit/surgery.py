@@ -23,28 +23,78 @@ def find_pools(
     return [(name, m) for name, m in model.named_modules() if name and isinstance(m, targets)]
 
 
-def _geometry_of(name: str, module: nn.Module) -> dict[str, Any]:
-    """kernel_size, stride, padding, dilation and ceil_mode of a pooling module (MaxPool2d-like)."""
+def _method_class(method: PoolFactory) -> type | None:
+    """The pool class that ``method`` builds (None for a foreign callable)."""
+    if isinstance(method, str):
+        return get_pool_spec(method).cls
+    target = getattr(method, "func", method)
+    return target if isinstance(target, type) else None
+
+
+def _method_label(method: PoolFactory) -> str:
+    cls = _method_class(method)
+    return repr(method) if isinstance(method, str) else (cls.__name__ if cls else repr(method))
+
+
+def _pool_arguments(name: str, module: nn.Module, method: PoolFactory) -> dict[str, Any]:
+    """The ``create_pool`` arguments that rebuild ``module``'s windows with ``method``.
+
+    Options of the target that the method cannot honour raise a ``ValueError`` naming the option and the fix.
+    """
+    from poolkit.layers.classic import AvgPool, LPPool
+
+    cls = _method_class(method)
+    label = _method_label(method)
+    kind = type(module).__name__
     if getattr(module, "return_indices", False):
         raise ValueError(
-            f"{name}: MaxPool2d(return_indices=True) feeds a MaxUnpool2d and cannot be replaced; "
+            f"{name}: {kind}(return_indices=True) feeds a MaxUnpool and cannot be replaced; "
             f"exclude it from targets"
         )
-    if isinstance(module, nn.AvgPool2d) and module.divisor_override is not None:
-        raise ValueError(f"{name}: AvgPool2d(divisor_override=...) has no poolkit equivalent")
     kernel = getattr(module, "kernel_size", None)
     if kernel is None:
         raise ValueError(
-            f"{name}: {type(module).__name__} has no kernel_size, so it is not a windowed pool that "
+            f"{name}: {kind} has no kernel_size, so it is not a windowed pool that "
             f"swap_pooling can replace (adaptive and global pools are not); remove it from targets"
         )
-    geometry = {"kernel_size": kernel}
+    arguments: dict[str, Any] = {"kernel_size": kernel}
     for arg in _POOL_ARGS[1:]:
         if hasattr(module, arg):
-            geometry[arg] = getattr(module, arg)
-    if geometry.get("stride") is None:
-        geometry["stride"] = kernel
-    return geometry
+            arguments[arg] = getattr(module, arg)
+    if arguments.get("stride") is None:
+        arguments["stride"] = kernel
+    padded = any(p > 0 for p in nn.modules.utils._ntuple(2)(arguments.get("padding", 0)))
+    if isinstance(module, nn.AvgPool2d):
+        if cls is not None and issubclass(cls, AvgPool):
+            arguments["count_include_pad"] = bool(module.count_include_pad)
+            arguments["divisor_override"] = module.divisor_override
+        elif module.divisor_override is not None:
+            raise ValueError(
+                f"{name}: AvgPool2d(divisor_override={module.divisor_override}) divides every window by a "
+                f"constant, which {label} cannot honour; swap it to 'avg' (which honours it) or set "
+                f"divisor_override=None on the layer first"
+            )
+        elif module.count_include_pad and padded:
+            raise ValueError(
+                f"{name}: AvgPool2d(count_include_pad=True) counts its zero padding as cells, which "
+                f"{label} cannot honour (poolkit's methods never count padding); swap it to 'avg' (which "
+                f"honours it) or set count_include_pad=False on the layer first"
+            )
+    if isinstance(module, nn.modules.pooling._LPPoolNd):
+        if arguments.get("ceil_mode"):
+            raise ValueError(
+                f"{name}: {kind}(ceil_mode=True) rescales its cut-off last windows (torch computes it "
+                f"from an average times the full window size), which poolkit's lp cannot honour; "
+                f"use ceil_mode=False"
+            )
+        if cls is not None and issubclass(cls, LPPool):
+            arguments["norm_type"] = float(module.norm_type)
+        else:
+            raise ValueError(
+                f"{name}: {kind}(norm_type={module.norm_type}) is a power average that {label} cannot "
+                f"honour; swap it to 'lp' (which takes its norm_type), or remove {kind} from targets"
+            )
+    return arguments
 
 
 def _input_channels(model: nn.Module, layers: list[nn.Module], example_input: Any) -> dict[int, set[int]]:
@@ -75,14 +125,25 @@ def _input_channels(model: nn.Module, layers: list[nn.Module], example_input: An
     return seen
 
 
-def _factory_kwargs(model: nn.Module, example_input: Any) -> dict[str, Any]:
-    """Put new layers where the model lives: the device/dtype of its first parameter or of the input."""
-    for tensor in [*model.parameters(), *model.buffers()]:
+def _factory_kwargs(module: nn.Module, example_input: Any) -> dict[str, Any]:
+    """Put a new layer where its surroundings live: the device/dtype of the first floating-point parameter or
+    buffer of ``module`` (the replaced layer's parent, then the model), else of the example input."""
+    for tensor in [*module.parameters(), *module.buffers()]:
         if tensor.is_floating_point():
             return {"device": tensor.device, "dtype": tensor.dtype}
     if isinstance(example_input, Tensor) and example_input.is_floating_point():
         return {"device": example_input.device, "dtype": example_input.dtype}
     return {}
+
+
+def _parents(model: nn.Module) -> dict[int, nn.Module]:
+    """For each child module's id, the first module that holds it."""
+    parents: dict[int, nn.Module] = {}
+    for parent in model.modules():
+        for child in parent._modules.values():
+            if child is not None:
+                parents.setdefault(id(child), parent)
+    return parents
 
 
 def swap_pooling(
@@ -99,8 +160,13 @@ def swap_pooling(
     ``create_pool(method, kernel_size, stride, padding, dilation, ceil_mode, channels=C, **options)``.
     A module object used in several places stays shared (one replacement for it). When the method
     needs channel counts (``PoolSpec.needs_channels``), they come from one forward pass of
-    ``example_input`` in eval mode under ``torch.no_grad()``; new layers are created on the model's
-    device and dtype.
+    ``example_input`` in eval mode under ``torch.no_grad()``.
+
+    The swap changes nothing but the pooling method: each new layer takes the replaced layer's train/eval
+    mode and the device and dtype of its parent module (else of the model, else of ``example_input``).
+    Options of a target that the method cannot honour are a ``ValueError`` naming the option and the fix
+    (``nn.AvgPool2d``'s ``count_include_pad``/``divisor_override``, honoured by ``"avg"``; ``nn.LPPool2d``'s
+    ``norm_type``, honoured by ``"lp"``; ``return_indices``).
 
     Args:
         model: any ``nn.Module``; modified in place and returned.
@@ -161,11 +227,14 @@ def swap_pooling(
                 )
             channels[key] = counts.pop()
 
-    factory = _factory_kwargs(model, example_input)
+    parents = _parents(model)
     replacements: dict[int, nn.Module] = {}
     for key, (name, module) in unique.items():
-        new = create_pool(method, **_geometry_of(name, module), channels=channels[key], **options)
-        replacements[key] = new.to(**factory) if factory else new
+        arguments = _pool_arguments(name, module, method)
+        new = create_pool(method, **arguments, channels=channels[key], **options)
+        factory = _factory_kwargs(parents[key], None) or _factory_kwargs(model, example_input)
+        new = new.to(**factory) if factory else new
+        replacements[key] = new.train(module.training)  # an eval model stays in eval
 
     for parent in model.modules():
         # _modules, not named_children(): the latter skips a module object the second time it appears.

@@ -16,11 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poolkit.layers.base import Pool2d, Size2, prepare
+from poolkit.layers.base import (
+    OutputSize,
+    Pool2d,
+    PoolForm,
+    Size2,
+    channel_view,
+    conv_class,
+    conv_nd,
+    form_dims,
+    prepare,
+)
 from poolkit.layers.windows import (
-    PoolGeometry,
+    Geometry,
     min_window_count,
-    restore,
     unfold_windows,
     window_mask,
     window_weighted_mean,
@@ -38,13 +47,13 @@ __all__ = [
 
 
 def _attention_map(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor) -> Tensor:
-    """a = sigmoid(Conv1x1(ReLU(Conv1x1(x)))), one map (N, 1, H, W) shared by all channels."""
-    hidden = F.relu(F.conv2d(x, weight1.to(x.dtype), bias1.to(x.dtype)))
-    return torch.sigmoid(F.conv2d(hidden, weight2.to(x.dtype), bias2.to(x.dtype)))
+    """a = sigmoid(Conv1x1(ReLU(Conv1x1(x)))), one map (N, 1, *spatial) shared by all channels."""
+    hidden = F.relu(conv_nd(x, weight1, bias1))
+    return torch.sigmoid(conv_nd(hidden, weight2, bias2))
 
 
 def _attention(
-    x: Tensor, g: PoolGeometry, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, eps: float
+    x: Tensor, g: Geometry, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, eps: float
 ) -> Tensor:
     return window_weighted_mean(x, _attention_map(x, weight1, bias1, weight2, bias2), g, eps)
 
@@ -62,6 +71,7 @@ def attention_pool2d(
     weight2: Tensor,
     bias2: Tensor,
     eps: float = 1e-6,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Attention-Weighted: ``a = sigmoid(W2 ReLU(W1 x + b1) + b2)``, ``y = sum_R(x a) / (sum_R(a) + eps)``.
 
@@ -76,23 +86,25 @@ def attention_pool2d(
         >>> round(y.item(), 6)
         0.152889
     """
-    x, g, unbatched = prepare(input, "attention_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, finish = prepare(input, "attention_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
     if eps < 0:
         raise ValueError(f"attention_pool2d: eps must be >= 0, got {eps}")
-    if weight1.dim() != 4 or weight1.shape[1] != x.shape[1]:
+    ones = (1,) * form_dims(form)
+    if weight1.dim() != len(ones) + 2 or weight1.shape[1] != x.shape[1]:
         raise ValueError(
-            f"attention_pool2d: weight1 must be (hidden, {x.shape[1]}, 1, 1) for an input of "
+            f"attention_pool2d: weight1 must be (hidden, {x.shape[1]}, {', '.join(map(str, ones))}) for an "
+            f"input of "
             f"{x.shape[1]} channels, got {tuple(weight1.shape)}"
         )
-    return restore(_attention(x, g, weight1, bias1, weight2, bias2, eps), x, unbatched)
+    return finish(_attention(x, g, weight1, bias1, weight2, bias2, eps))
 
 
-def _soft(x: Tensor, g: PoolGeometry) -> Tensor:
+def _soft(x: Tensor, g: Geometry) -> Tensor:
     windows = unfold_windows(x, g, 0.0)
     logits = windows
-    if min_window_count(g, x.shape[-2], x.shape[-1]) < g.area:
+    if min_window_count(g, *x.shape[2:]) < g.area:
         # Padded cells must get zero weight: -inf logits there (their value 0 then adds nothing).
-        mask = window_mask(g, x.shape[-2], x.shape[-1], x.device)
+        mask = window_mask(g, *x.shape[2:], device=x.device)
         logits = windows.masked_fill(~mask, float("-inf"))
     # softmax subtracts each window's maximum, so no exp() can overflow; half types softmax in float32.
     weights = torch.softmax(logits, dim=-1, dtype=torch.float32 if x.element_size() < 4 else None).to(x.dtype)
@@ -106,6 +118,8 @@ def soft_pool2d(
     padding: Size2 = 0,
     dilation: Size2 = 1,
     ceil_mode: bool = False,
+    *,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """SoftPool: ``y = sum_R softmax_R(x)_i x_i = sum_R e^{x_i} x_i / sum_R e^{x_i}``.
 
@@ -116,8 +130,8 @@ def soft_pool2d(
         >>> round(soft_pool2d(x, 2).item(), 6)
         0.156239
     """
-    x, g, unbatched = prepare(input, "soft_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    return restore(_soft(x, g), x, unbatched)
+    x, g, finish = prepare(input, "soft_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    return finish(_soft(x, g))
 
 
 _LIP_GATE = 12.0  # Gao et al.'s soft gate: logits = 12 * sigmoid(.) keeps exp(logit) in [1, e^12]
@@ -126,20 +140,21 @@ _LIP_GATE = 12.0  # Gao et al.'s soft gate: logits = 12 * sigmoid(.) keeps exp(l
 def _lip_logits(
     x: Tensor, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float
 ) -> Tensor:
-    h = F.conv2d(x, conv_weight.to(x.dtype), padding=conv_weight.shape[-1] // 2)
+    taps = conv_weight.shape[2:] if conv_weight.dim() == x.dim() else (1, *conv_weight.shape[2:])
+    h = conv_nd(x, conv_weight, padding=tuple(t // 2 for t in taps))
     # Affine instance norm written out (F.group_norm refuses 1x1 maps; here they normalise to the bias).
     # In at least float32: its backward has (var + eps)^(-3/2), 3e7 for a constant map (LIP's start),
     # which overflows float16 to inf and turns the gradient into inf * 0 = NaN under float16 autocast.
     if h.element_size() < 4:
         h = h.float()
-    var, mean = torch.var_mean(h, dim=(-2, -1), keepdim=True, correction=0)
+    var, mean = torch.var_mean(h, dim=tuple(range(2, h.dim())), keepdim=True, correction=0)
     h = (h - mean) * torch.rsqrt(var + norm_eps)
-    h = h * norm_weight.to(h.dtype).view(1, -1, 1, 1) + norm_bias.to(h.dtype).view(1, -1, 1, 1)
+    h = h * channel_view(norm_weight.to(h.dtype), h) + channel_view(norm_bias.to(h.dtype), h)
     return _LIP_GATE * torch.sigmoid(h)
 
 
 def _lip(
-    x: Tensor, g: PoolGeometry, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float
+    x: Tensor, g: Geometry, conv_weight: Tensor, norm_weight: Tensor, norm_bias: Tensor, norm_eps: float
 ) -> Tensor:
     logits = _lip_logits(x, conv_weight, norm_weight, norm_bias, norm_eps)
     # Logits lie in [0, 12]; exp(logit - 12) in [e^-12, 1] gives the same ratio and fits float16.
@@ -158,6 +173,7 @@ def lip_pool2d(
     norm_weight: Tensor,
     norm_bias: Tensor,
     norm_eps: float = 1e-5,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Local importance pooling: ``l = 12 sigmoid(IN(conv3x3(x)))``, ``y = sum_R e^l x / sum_R e^l``.
 
@@ -171,14 +187,15 @@ def lip_pool2d(
         >>> round(y.item(), 6)
         0.15
     """
-    x, g, unbatched = prepare(input, "lip_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, finish = prepare(input, "lip_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
     channels = x.shape[1]
-    if conv_weight.dim() != 4 or conv_weight.shape[:2] != (channels, channels):
+    if conv_weight.dim() != form_dims(form) + 2 or conv_weight.shape[:2] != (channels, channels):
         raise ValueError(
-            f"lip_pool2d: conv_weight must be ({channels}, {channels}, k, k) for an input of {channels} "
+            f"lip_pool2d: conv_weight must be ({channels}, {channels}, k, ...) with one k per spatial axis "
+            f"for an input of {channels} "
             f"channels, got {tuple(conv_weight.shape)}"
         )
-    return restore(_lip(x, g, conv_weight, norm_weight, norm_bias, norm_eps), x, unbatched)
+    return finish(_lip(x, g, conv_weight, norm_weight, norm_bias, norm_eps))
 
 
 @register_pool("attention", functional=attention_pool2d, family="study", title="Attention-Weighted")
@@ -214,12 +231,17 @@ class AttentionPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         reduction: int = 4,
         eps: float = 1e-6,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         assert channels is not None
         if isinstance(reduction, bool) or not isinstance(reduction, int) or reduction < 1:
             raise ValueError(f"AttentionPool: reduction must be a positive int, got {reduction!r}")
@@ -228,14 +250,15 @@ class AttentionPool(Pool2d):
         self.reduction = reduction
         self.eps = float(eps)
         hidden = max(channels // reduction, 8)
-        self.hidden = nn.Conv2d(channels, hidden, 1, device=device, dtype=dtype)
-        self.score = nn.Conv2d(hidden, 1, 1, device=device, dtype=dtype)
+        conv = conv_class(spatial_dims)
+        self.hidden = conv(channels, hidden, 1, device=device, dtype=dtype)
+        self.score = conv(hidden, 1, 1, device=device, dtype=dtype)
 
     def attention_map(self, x: Tensor) -> Tensor:
         """The attention map ``a`` (N, 1, H, W) of an input (N, C, H, W)."""
         return _attention_map(x, self.hidden.weight, self.hidden.bias, self.score.weight, self.score.bias)
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return window_weighted_mean(x, self.attention_map(x), geometry, self.eps)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -263,7 +286,7 @@ class SoftPool(Pool2d):
         0.156239
     """
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _soft(x, geometry)
 
 
@@ -297,12 +320,18 @@ class LIPPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         assert channels is not None
-        self.logit_conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False, device=device, dtype=dtype)
+        conv = conv_class(spatial_dims)
+        self.logit_conv = conv(channels, channels, 3, padding=1, bias=False, device=device, dtype=dtype)
         self.logit_norm = nn.GroupNorm(channels, channels, device=device, dtype=dtype)
         self.reset_parameters()
 
@@ -315,7 +344,7 @@ class LIPPool(Pool2d):
         nn.init.zeros_(self.logit_conv.weight)
         self.logit_norm.reset_parameters()
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _lip(x, geometry, **self.functional_kwargs())  # type: ignore[arg-type]
 
     def functional_kwargs(self) -> dict[str, object]:

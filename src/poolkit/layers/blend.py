@@ -16,12 +16,22 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poolkit.layers.base import Pool2d, Size2, channel_param, check_positive, prepare
+from poolkit.layers.base import (
+    OutputSize,
+    Pool2d,
+    PoolForm,
+    Size2,
+    channel_param,
+    channel_view,
+    check_positive,
+    conv_nd,
+    form_dims,
+    prepare,
+)
 from poolkit.layers.fused import window_max_mean
-from poolkit.layers.windows import PoolGeometry, restore
+from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -36,7 +46,7 @@ __all__ = [
 ]
 
 
-def _blend(x: Tensor, g: PoolGeometry, weight: Tensor) -> Tensor:
+def _blend(x: Tensor, g: Geometry, weight: Tensor) -> Tensor:
     """``lambda * M + (1 - lambda) * A`` with ``weight`` = lambda broadcastable to the output."""
     m, a = window_max_mean(x, g)
     return torch.lerp(a, m, weight.to(x.dtype))
@@ -50,9 +60,9 @@ def _theta(theta: Tensor | float, x: Tensor, method: str) -> Tensor:
     return theta
 
 
-def _channel_view(weight: Tensor) -> Tensor:
-    """A scalar stays a scalar; a per-channel (C,) weight becomes (1, C, 1, 1)."""
-    return weight.view(1, -1, 1, 1) if weight.dim() else weight
+def _channel_view(weight: Tensor, x: Tensor) -> Tensor:
+    """A scalar stays a scalar; a per-channel (C,) weight becomes (1, C, 1, ...), broadcast against ``x``."""
+    return channel_view(weight, x)
 
 
 def mixed_pool2d(
@@ -64,6 +74,7 @@ def mixed_pool2d(
     ceil_mode: bool = False,
     *,
     theta: Tensor | float = 0.0,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Mixed max-average pooling: ``lambda = sigmoid(theta)``, ``y = lambda * M + (1 - lambda) * A``.
 
@@ -72,9 +83,9 @@ def mixed_pool2d(
         >>> round(mixed_pool2d(x, 2, theta=0.0).item(), 6)   # lambda = 0.5
         0.2
     """
-    x, g, unbatched = prepare(input, "mixed_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, finish = prepare(input, "mixed_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
     theta = _theta(theta, x, "mixed_pool2d")
-    return restore(_blend(x, g, _channel_view(torch.sigmoid(theta))), x, unbatched)
+    return finish(_blend(x, g, _channel_view(torch.sigmoid(theta), x)))
 
 
 def channel_adaptive_pool2d(
@@ -86,6 +97,7 @@ def channel_adaptive_pool2d(
     ceil_mode: bool = False,
     *,
     theta: Tensor,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Channel-Adaptive pooling: ``lambda_c = sigmoid(theta_c)``, ``y_c = lambda_c M_c + (1 - lambda_c) A_c``.
 
@@ -96,19 +108,19 @@ def channel_adaptive_pool2d(
         >>> round(channel_adaptive_pool2d(x, 2, theta=torch.zeros(1)).item(), 6)
         0.2
     """
-    x, g, unbatched = prepare(
-        input, "channel_adaptive_pool2d", kernel_size, stride, padding, dilation, ceil_mode
+    x, g, finish = prepare(
+        input, "channel_adaptive_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
     )
     theta = _theta(theta, x, "channel_adaptive_pool2d")
     if theta.dim() != 1:
         raise ValueError(f"channel_adaptive_pool2d: theta must have one value per channel ({x.shape[1]},)")
-    return restore(_blend(x, g, _channel_view(torch.sigmoid(theta))), x, unbatched)
+    return finish(_blend(x, g, _channel_view(torch.sigmoid(theta), x)))
 
 
-def _gated(x: Tensor, g: PoolGeometry, weight: Tensor, bias: Tensor) -> Tensor:
+def _gated(x: Tensor, g: Geometry, weight: Tensor, bias: Tensor) -> Tensor:
     m, mean = window_max_mean(x, g)
     # The mean over the window of (w.x + b) equals w.(mean of x) + b: the gate costs a 1x1 conv of A.
-    gate = torch.sigmoid(F.conv2d(mean, weight.to(x.dtype), bias.to(x.dtype)))
+    gate = torch.sigmoid(conv_nd(mean, weight, bias))
     return torch.lerp(mean, m, gate.to(mean.dtype))  # autocast runs the conv in low precision
 
 
@@ -122,6 +134,7 @@ def gated_pool2d(
     *,
     weight: Tensor,
     bias: Tensor,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Gated pooling: ``g = sigmoid(mean_R(w . x + b))``, ``y = g * M + (1 - g) * A``.
 
@@ -133,21 +146,22 @@ def gated_pool2d(
         >>> round(gated_pool2d(x, 2, weight=torch.zeros(1, 1, 1, 1), bias=torch.zeros(1)).item(), 6)
         0.2
     """
-    x, g, unbatched = prepare(input, "gated_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    if weight.shape != (1, x.shape[1], 1, 1) or bias.shape != (1,):
+    x, g, finish = prepare(input, "gated_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    expected = (1, x.shape[1], *(1,) * form_dims(form))
+    if weight.shape != expected or bias.shape != (1,):
         raise ValueError(
-            f"gated_pool2d: weight must be (1, {x.shape[1]}, 1, 1) and bias (1,) for an input of "
+            f"gated_pool2d: weight must be {expected} and bias (1,) for an input of "
             f"{x.shape[1]} channels, got {tuple(weight.shape)} and {tuple(bias.shape)}"
         )
-    return restore(_gated(x, g, weight, bias), x, unbatched)
+    return finish(_gated(x, g, weight, bias))
 
 
-def _sample_mix(theta: Tensor, kappa: float, batch: int, channels: int) -> Tensor:
+def _sample_mix(theta: Tensor, kappa: float, batch: int, channels: int, spatial: int = 2) -> Tensor:
     """lambda ~ Beta(kappa m, kappa (1 - m)), m = sigmoid(theta): one draw per (sample, channel)."""
     m = torch.sigmoid(theta.float())
     beta = torch.distributions.Beta(kappa * m, kappa * (1.0 - m), validate_args=False)
     shape = (batch, channels) if theta.dim() == 0 else (batch,)
-    return beta.rsample(shape).view(batch, channels, 1, 1)
+    return beta.rsample(shape).view(batch, channels, *(1,) * spatial)
 
 
 def stochastic_mix_pool2d(
@@ -161,6 +175,7 @@ def stochastic_mix_pool2d(
     theta: Tensor | float = 0.0,
     kappa: float = 2.0,
     training: bool = False,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Stochastic Mix: ``y = lambda * M + (1 - lambda) * A`` with a random lambda in training.
 
@@ -173,18 +188,18 @@ def stochastic_mix_pool2d(
         >>> round(stochastic_mix_pool2d(x, 2, theta=0.0).item(), 6)   # eval: lambda = 0.5
         0.2
     """
-    x, g, unbatched = prepare(
-        input, "stochastic_mix_pool2d", kernel_size, stride, padding, dilation, ceil_mode
+    x, g, finish = prepare(
+        input, "stochastic_mix_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
     )
     check_positive(kappa, "kappa", "stochastic_mix_pool2d")
     theta = _theta(theta, x, "stochastic_mix_pool2d")
-    return restore(_stochastic_mix(x, g, theta, kappa, training), x, unbatched)
+    return finish(_stochastic_mix(x, g, theta, kappa, training))
 
 
-def _stochastic_mix(x: Tensor, g: PoolGeometry, theta: Tensor, kappa: float, training: bool) -> Tensor:
+def _stochastic_mix(x: Tensor, g: Geometry, theta: Tensor, kappa: float, training: bool) -> Tensor:
     if training:
-        return _blend(x, g, _sample_mix(theta, kappa, x.shape[0], x.shape[1]))
-    return _blend(x, g, _channel_view(torch.sigmoid(theta)))
+        return _blend(x, g, _sample_mix(theta, kappa, x.shape[0], x.shape[1], x.dim() - 2))
+    return _blend(x, g, _channel_view(torch.sigmoid(theta), x))
 
 
 class _ThetaBlend(Pool2d):
@@ -199,6 +214,8 @@ class _ThetaBlend(Pool2d):
         ceil_mode: bool,
         *,
         channels: int | None,
+        spatial_dims: int,
+        output_size: OutputSize,
         per_channel: bool,
         init_lambda: float,
         device: torch.device | str | None,
@@ -208,7 +225,10 @@ class _ThetaBlend(Pool2d):
             raise ValueError(
                 f"{type(self).__name__}(per_channel=True) needs channels=<number of input channels>"
             )
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         self.per_channel = bool(per_channel)
         shape = (channels,) if per_channel else ()
         init = math.log(init_lambda / (1.0 - init_lambda))
@@ -246,17 +266,20 @@ class MixedPool(_ThetaBlend):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         per_channel: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(
             kernel_size, stride, padding, dilation, ceil_mode,
-            channels=channels, per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+            per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
         )  # fmt: skip
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
-        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta)))
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
+        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta), x))
 
     def _option_repr(self) -> dict[str, object]:
         return {"per_channel": self.per_channel} if self.per_channel else {}
@@ -288,15 +311,20 @@ class ChannelAdaptivePool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         assert channels is not None
         self.theta = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
-        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta)))
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
+        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta), x))
 
     def functional_kwargs(self) -> dict[str, object]:
         return {"theta": self.theta}
@@ -329,15 +357,21 @@ class GatedPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         assert channels is not None
-        self.weight = nn.Parameter(torch.zeros(1, channels, 1, 1, device=device, dtype=dtype))
+        ones = (1,) * spatial_dims
+        self.weight = nn.Parameter(torch.zeros(1, channels, *ones, device=device, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(1, device=device, dtype=dtype))
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _gated(x, geometry, self.weight, self.bias)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -376,6 +410,8 @@ class StochasticMixPool(_ThetaBlend):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         kappa: float = 2.0,
         per_channel: bool = False,
         device: torch.device | str | None = None,
@@ -383,11 +419,12 @@ class StochasticMixPool(_ThetaBlend):
     ) -> None:
         super().__init__(
             kernel_size, stride, padding, dilation, ceil_mode,
-            channels=channels, per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+            per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
         )  # fmt: skip
         self.kappa = float(check_positive(kappa, "kappa", type(self).__name__))
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _stochastic_mix(x, geometry, self.theta, self.kappa, self.training)
 
     def functional_kwargs(self) -> dict[str, object]:

@@ -5,12 +5,23 @@ Notation (per output cell): R are the real (non-padded) input cells of its windo
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poolkit.layers.base import Pool2d, Size2, check_positive, prepare
-from poolkit.layers.windows import PoolGeometry, restore, window_max, window_mean, window_sum
+from poolkit.layers.base import (
+    OutputSize,
+    Pool2d,
+    PoolForm,
+    Size2,
+    check_positive,
+    conv_nd,
+    form_dims,
+    prepare,
+)
+from poolkit.layers.windows import Geometry, PoolGeometry, window_max, window_mean, window_sum
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -32,6 +43,8 @@ def max_pool2d(
     padding: Size2 = 0,
     dilation: Size2 = 1,
     ceil_mode: bool = False,
+    *,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Max pooling: ``y = max_{i in R} x_i`` (padding never wins).
 
@@ -43,8 +56,34 @@ def max_pool2d(
         >>> max_pool2d(x, 2).item()
         0.25
     """
-    x, g, unbatched = prepare(input, "max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    return restore(window_max(x, g), x, unbatched)
+    x, g, finish = prepare(input, "max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    return finish(window_max(x, g))
+
+
+def _avg(x: Tensor, g: Geometry, count_include_pad: bool, divisor_override: int | None) -> Tensor:
+    if divisor_override is not None:
+        return window_sum(x, g) / divisor_override
+    if count_include_pad and isinstance(g, PoolGeometry) and any(g.padding):
+        # torch's divisor: the window's cells inside the padded input (ceil_mode overhang excluded).
+        pool = F.avg_pool2d if g.spatial_dims == 2 else F.avg_pool3d
+        return pool(x, g.kernel_size, g.stride, g.padding, g.ceil_mode, count_include_pad=True)
+    return window_mean(x, g)
+
+
+def _check_avg_options(
+    count_include_pad: bool, divisor_override: int | None, g: PoolGeometry | None, method: str
+) -> None:
+    if divisor_override is not None and (
+        isinstance(divisor_override, bool) or not isinstance(divisor_override, int) or divisor_override < 1
+    ):
+        raise ValueError(
+            f"{method}: divisor_override must be None or a positive int, got {divisor_override!r}"
+        )
+    if count_include_pad and g is not None and g.dilation != (1,) * len(g.dilation):
+        raise ValueError(
+            f"{method}: count_include_pad=True is defined (as in torch's AvgPool2d) only without dilation, "
+            f"got dilation={g.dilation}; use count_include_pad=False or dilation=1"
+        )
 
 
 def avg_pool2d(
@@ -54,21 +93,31 @@ def avg_pool2d(
     padding: Size2 = 0,
     dilation: Size2 = 1,
     ceil_mode: bool = False,
+    *,
+    count_include_pad: bool = False,
+    divisor_override: int | None = None,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i`` (``count_include_pad=False``).
 
-    Unlike :func:`torch.nn.functional.avg_pool2d` it accepts ``dilation``.
+    Unlike :func:`torch.nn.functional.avg_pool2d` it accepts ``dilation``, and by default it does not count
+    the zero padding. ``count_include_pad=True`` divides by the window's cells inside the padded input and
+    ``divisor_override=d`` by ``d``, exactly as :class:`torch.nn.AvgPool2d` (which
+    :func:`poolkit.swap_pooling` relies on to keep a swapped ``AvgPool2d``'s output).
 
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
         >>> round(avg_pool2d(x, 2).item(), 6)
         0.15
+        >>> round(avg_pool2d(x, 2, divisor_override=2).item(), 6)
+        0.3
     """
-    x, g, unbatched = prepare(input, "avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    return restore(window_mean(x, g), x, unbatched)
+    x, g, finish = prepare(input, "avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    _check_avg_options(count_include_pad, divisor_override, g, "avg_pool2d")
+    return finish(_avg(x, g, bool(count_include_pad), divisor_override))
 
 
-def _lp(x: Tensor, g: PoolGeometry, norm_type: float) -> Tensor:
+def _lp(x: Tensor, g: Geometry, norm_type: float) -> Tensor:
     total = window_sum(x.pow(norm_type), g)
     # The root's derivative is infinite at a zero sum; as nn.LPPool2d, an all-zero window gets gradient 0
     # (a where() on both sides, so that no inf * 0 reaches the backward pass).
@@ -85,6 +134,7 @@ def lp_pool2d(
     ceil_mode: bool = False,
     *,
     norm_type: float = 2.0,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Power-average pooling as :class:`torch.nn.LPPool2d`: ``y = (sum_{i in R} x_i^p)^(1/p)``.
 
@@ -98,16 +148,17 @@ def lp_pool2d(
         0.339117
     """
     check_positive(norm_type, "norm_type", "lp_pool2d")
-    x, g, unbatched = prepare(input, "lp_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    return restore(_lp(x, g, norm_type), x, unbatched)
+    x, g, finish = prepare(input, "lp_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    return finish(_lp(x, g, norm_type))
 
 
 def _strided_conv(x: Tensor, g: PoolGeometry, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-    left, right, top, bottom = g.pads(x.shape[-2], x.shape[-1])
-    if (left, top) == (right, bottom):
-        return F.conv2d(x, weight, bias, g.stride, (top, left), g.dilation, groups)
-    x = F.pad(x, (left, right, top, bottom))  # ceil_mode: the last windows reach past the padding
-    return F.conv2d(x, weight, bias, g.stride, 0, g.dilation, groups)
+    pads = g.pads(*x.shape[2:])
+    before, after = pads[0::2][::-1], pads[1::2][::-1]  # per axis, first axis first
+    if before == after:
+        return conv_nd(x, weight, bias, g.stride, before, g.dilation, groups)
+    x = F.pad(x, pads)  # ceil_mode: the last windows reach past the padding
+    return conv_nd(x, weight, bias, g.stride, 0, g.dilation, groups)
 
 
 def strided_conv_pool2d(
@@ -119,6 +170,8 @@ def strided_conv_pool2d(
     padding: Size2 = 0,
     dilation: Size2 = 1,
     ceil_mode: bool = False,
+    *,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Strided convolution: ``y_c = sum_{c', i} w_{c c' i} x_{c' i} + b_c`` over the pool's windows.
 
@@ -130,12 +183,16 @@ def strided_conv_pool2d(
         >>> round(strided_conv_pool2d(x, torch.full((1, 1, 2, 2), 0.25), None, 2).item(), 6)
         0.15
     """
-    x, g, unbatched = prepare(input, "strided_conv_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    channels = x.shape[1]
-    if weight.dim() != 4 or tuple(weight.shape[2:]) != g.kernel_size or weight.shape[0] != channels:
+    x, g, finish = prepare(
+        input, "strided_conv_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
+    )
+    channels, n = x.shape[1], form_dims(form)
+    assert isinstance(g, PoolGeometry)
+    kernel = g.kernel_size[-n:]
+    if weight.dim() != n + 2 or tuple(weight.shape[2:]) != kernel or weight.shape[0] != channels:
         raise ValueError(
-            f"strided_conv_pool2d: weight must be (C, 1 or C, kh, kw) = ({channels}, 1 or {channels}, "
-            f"{g.kernel_size[0]}, {g.kernel_size[1]}) for an input of {channels} channels, "
+            f"strided_conv_pool2d: weight must be (C, 1 or C, *kernel_size) = ({channels}, 1 or {channels}, "
+            f"{', '.join(map(str, kernel))}) for an input of {channels} channels, "
             f"got {tuple(weight.shape)}"
         )
     if weight.shape[1] not in (1, channels):
@@ -143,7 +200,7 @@ def strided_conv_pool2d(
             f"strided_conv_pool2d: weight.shape[1] must be 1 or {channels}, got {weight.shape[1]}"
         )
     groups = channels if weight.shape[1] == 1 else 1
-    return restore(_strided_conv(x, g, weight, bias, groups), x, unbatched)
+    return finish(_strided_conv(x, g, weight, bias, groups))
 
 
 @register_pool("max", functional=max_pool2d, family="classic", title="Max")
@@ -156,7 +213,7 @@ class MaxPool(Pool2d):
         0.25
     """
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return window_max(x, geometry)
 
 
@@ -164,13 +221,56 @@ class MaxPool(Pool2d):
 class AvgPool(Pool2d):
     """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i``. No learnable parameters.
 
+    Args:
+        count_include_pad: divide by the window's cells inside the padded input, zero padding included,
+            as :class:`torch.nn.AvgPool2d`'s default (default False: real cells only).
+        divisor_override: divide every window's sum by this int instead (as ``nn.AvgPool2d``).
+
     Example:
         >>> round(AvgPool(2)(torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])).item(), 6)
         0.15
     """
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
-        return window_mean(x, geometry)
+    def __init__(
+        self,
+        kernel_size: Size2 | None,
+        stride: Size2 | None = None,
+        padding: Size2 = 0,
+        dilation: Size2 = 1,
+        ceil_mode: bool = False,
+        *,
+        channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
+        count_include_pad: bool = False,
+        divisor_override: int | None = None,
+    ) -> None:
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
+        _check_avg_options(count_include_pad, divisor_override, self.geometry, type(self).__name__)
+        if self.geometry is None and (count_include_pad or divisor_override is not None):
+            raise ValueError(
+                "AvgPool: the global form has no padding and one window per map; count_include_pad and "
+                "divisor_override apply only to windowed pools"
+            )
+        self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = divisor_override
+
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
+        return _avg(x, geometry, self.count_include_pad, self.divisor_override)
+
+    def functional_kwargs(self) -> dict[str, object]:
+        return {"count_include_pad": self.count_include_pad, "divisor_override": self.divisor_override}
+
+    def _option_repr(self) -> dict[str, object]:
+        shown: dict[str, object] = {}
+        if self.count_include_pad:
+            shown["count_include_pad"] = True
+        if self.divisor_override is not None:
+            shown["divisor_override"] = self.divisor_override
+        return shown
 
 
 @register_pool("lp", functional=lp_pool2d, family="classic", title="LP (p=2)")
@@ -193,12 +293,17 @@ class LPPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         norm_type: float = 2.0,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         self.norm_type = float(check_positive(norm_type, "norm_type", type(self).__name__))
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _lp(x, geometry, self.norm_type)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -237,19 +342,25 @@ class StridedConvPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         depthwise: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         if kernel_size is None:
-            raise ValueError("StridedConvPool has no global form: its weights depend on the kernel size")
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+            raise ValueError(
+                "StridedConvPool has no global or adaptive form: its weights depend on the kernel size"
+            )
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         assert self.geometry is not None and channels is not None
         self.depthwise = bool(depthwise)
-        kh, kw = self.geometry.kernel_size
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(
-            torch.empty(channels, 1 if self.depthwise else channels, kh, kw, **factory)
+            torch.empty(channels, 1 if self.depthwise else channels, *self.geometry.kernel_size, **factory)
         )
         self.bias = nn.Parameter(torch.empty(channels, **factory))
         self.reset_parameters()
@@ -258,15 +369,15 @@ class StridedConvPool(Pool2d):
         """Average-pooling initialisation: each output channel averages its own input channel."""
         with torch.no_grad():
             self.weight.zero_()
-            kh, kw = self.weight.shape[-2:]
+            area = math.prod(self.weight.shape[2:])
             if self.depthwise:
-                self.weight.fill_(1.0 / (kh * kw))
+                self.weight.fill_(1.0 / area)
             else:
                 idx = torch.arange(self.weight.shape[0])
-                self.weight[idx, idx] = 1.0 / (kh * kw)
+                self.weight[idx, idx] = 1.0 / area
             self.bias.zero_()
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         groups = x.shape[1] if self.depthwise else 1
         return _strided_conv(x, geometry, self.weight, self.bias, groups)
 

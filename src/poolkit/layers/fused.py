@@ -106,6 +106,8 @@ def use_fused_kernels(mode: Mode | bool) -> Iterator[None]:
 def fused_kernels_enabled(x: Tensor, geometry: PoolGeometry) -> bool:
     """Whether :func:`window_max_mean` takes the fused path for this input and geometry."""
     mode = _state["mode"]
+    if not isinstance(geometry, PoolGeometry) or geometry.spatial_dims != 2:
+        return False  # 3-D and adaptive windows take the eager path (1-D pools arrive lifted to 2-D)
     if mode == "off" or geometry.area > MAX_FUSED_AREA or geometry.area == 1:
         return False
     if mode == "auto" and x.device.type != "cpu":
@@ -410,4 +412,4 @@ def _divide_by_count(y: Tensor, geometry: PoolGeometry, height: int, width: int,
     """
     if min_window_count(geometry, height, width) == geometry.area:
         return torch.mul(y, 1.0 / geometry.area, out=out)
-    return torch.div(y, window_count(geometry, height, width, y.device).to(y.dtype), out=out)
+    return torch.div(y, window_count(geometry, height, width, device=y.device).to(y.dtype), out=out)

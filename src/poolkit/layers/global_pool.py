@@ -16,7 +16,8 @@ class GlobalPool2d(nn.Module):
     its size. Options that are clipped to the window (T-Max-Avg's K) are clipped to ``H * W``.
 
     Shape:
-        (N, C, H, W) -> (N, C, 1, 1), or (N, C) with ``flatten=True``; (C, H, W) -> (C, 1, 1) or (C,).
+        (N, C, H, W) -> (N, C, 1, 1), or (N, C) with ``flatten=True``; (C, H, W) -> (C, 1, 1) or (C,);
+        1-D and 3-D pools likewise.
     """
 
     def __init__(self, pool: Pool2d, *, flatten: bool = False) -> None:
@@ -33,7 +34,7 @@ class GlobalPool2d(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.pool(x)
-        return y.flatten(-3) if self.flatten else y
+        return y.flatten(-1 - self.pool.spatial_dims) if self.flatten else y
 
     def learned_values(self) -> dict[str, list[float]]:
         return self.pool.learned_values()

@@ -12,11 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from poolkit.layers.base import Pool2d, Size2, check_positive, prepare
+from poolkit.layers.base import (
+    OutputSize,
+    Pool2d,
+    PoolForm,
+    Size2,
+    check_positive,
+    conv_nd,
+    form_dims,
+    prepare,
+)
 from poolkit.layers.windows import (
+    Geometry,
     PoolGeometry,
     min_window_count,
-    restore,
     unfold_windows,
     window_mask,
     window_mean,
@@ -34,7 +43,7 @@ __all__ = [
 ]
 
 
-def _stochastic(x: Tensor, g: PoolGeometry, training: bool) -> Tensor:
+def _stochastic(x: Tensor, g: Geometry, training: bool) -> Tensor:
     if not training:
         positive = F.relu(x)
         total = window_sum(positive, g)
@@ -44,8 +53,8 @@ def _stochastic(x: Tensor, g: PoolGeometry, training: bool) -> Tensor:
         return torch.where(has_mass, weighted, window_mean(x, g))
     windows = unfold_windows(x, g, 0.0)
     mass = F.relu(windows.detach()).float()
-    if min_window_count(g, x.shape[-2], x.shape[-1]) < g.area:
-        real = window_mask(g, x.shape[-2], x.shape[-1], x.device).float()
+    if min_window_count(g, *x.shape[2:]) < g.area:
+        real = window_mask(g, *x.shape[2:], device=x.device).float()
     else:
         real = torch.ones((), device=x.device)
     # p_i = relu(x_i) / sum relu(x); uniform over the real cells when that sum is 0.
@@ -65,6 +74,7 @@ def stochastic_pool2d(
     ceil_mode: bool = False,
     *,
     training: bool = False,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Stochastic pooling: ``p_i = relu(x_i) / sum_R relu(x)``; ``y = x_j, j ~ p`` (train), ``sum_R p_i x_i``.
 
@@ -76,11 +86,13 @@ def stochastic_pool2d(
         >>> round(stochastic_pool2d(x, 2).item(), 6)   # (0.01 + 0.04 + 0.0025 + 0.0625) / 0.6
         0.191667
     """
-    x, g, unbatched = prepare(input, "stochastic_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    return restore(_stochastic(x, g, training), x, unbatched)
+    x, g, finish = prepare(
+        input, "stochastic_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
+    )
+    return finish(_stochastic(x, g, training))
 
 
-def _gem(x: Tensor, g: PoolGeometry, p: Tensor | float, eps: float) -> Tensor:
+def _gem(x: Tensor, g: Geometry, p: Tensor | float, eps: float) -> Tensor:
     # x^p overflows float16 quickly (p = 3 and x > 40): low-precision inputs are pooled in float32.
     xf = x.float() if x.element_size() < 4 else x
     if isinstance(p, Tensor):
@@ -98,6 +110,7 @@ def gem_pool2d(
     *,
     p: float | Tensor = 3.0,
     eps: float = 1e-6,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Generalized-mean pooling: ``y = (mean_R clamp(x, eps)^p)^(1/p)``.
 
@@ -108,40 +121,54 @@ def gem_pool2d(
         >>> round(gem_pool2d(x, 2, p=3.0).item(), 6)
         0.183586
     """
-    x, g, unbatched = prepare(input, "gem_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, finish = prepare(input, "gem_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
     check_positive(p, "p", "gem_pool2d")
     check_positive(eps, "eps", "gem_pool2d")
-    return restore(_gem(x, g, p, eps), x, unbatched)
+    return finish(_gem(x, g, p, eps))
 
 
-def _binomial_filter(size: int) -> Tensor:
-    """The normalised 2-D binomial filter of ``size`` taps per axis ((1 + z)^(size - 1) coefficients)."""
+def _binomial_filter(size: int, spatial_dims: int = 2) -> Tensor:
+    """The normalised binomial filter of ``size`` taps per axis ((1 + z)^(size - 1) coefficients), shape
+    ``(size,) * spatial_dims``."""
     row = torch.tensor([math.comb(size - 1, i) for i in range(size)], dtype=torch.float64)
-    return torch.outer(row, row) / row.sum() ** 2
+    row = row / row.sum()
+    filt = row
+    for _ in range(spatial_dims - 1):
+        filt = filt[..., None] * row
+    return filt
 
 
 def _blur_max(x: Tensor, g: PoolGeometry, blur: Tensor) -> Tensor:
-    height, width = x.shape[-2:]
-    out = g.output_size(height, width)
-    size = blur.shape[-1]
-    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
-    pads, keep = [], []
-    for length, n_out, s, p, span in zip((height, width), out, g.stride, g.padding, g.span, strict=True):
+    sizes = tuple(x.shape[2:])
+    out = g.output_size(*sizes)
+    n = len(sizes)
+    while blur.dim() < n:  # a 1-D filter on a lifted (N, C, 1, L) input blurs along L only
+        blur = blur.unsqueeze(0)
+    taps = tuple(blur.shape)
+    pads, blur_pads, keep = [], [], []
+    for length, n_out, s, p, span, t in zip(sizes, out, g.stride, g.padding, g.span, taps, strict=True):
+        before, after = (t - 1) // 2, t - 1 - (t - 1) // 2
         dense = length + 2 * p - span + 1  # positions of a stride-1 max pool
         needed = (n_out - 1) * s + 1  # the pool's own window starts are 0, s, ..., (n_out - 1) s
         extra = max(0, needed - dense)  # ceil_mode: the last window reaches past the padding
         pads.append((p, p + extra))
+        blur_pads.append((before, after))
         keep.append(min(max(dense, needed), needed + after))
-    (top, bottom), (left, right) = pads
-    x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
-    dense_max = F.max_pool2d(x, g.kernel_size, 1, 0, g.dilation)[..., : keep[0], : keep[1]]
-    mode = "reflect" if min(keep) > max(before, after) else "replicate"
-    if size > 1:
-        dense_max = F.pad(dense_max, (before, after, before, after), mode=mode)
+    x = F.pad(x, [v for pair in reversed(pads) for v in pair], value=float("-inf"))
+    max_pool = F.max_pool2d if n == 2 else F.max_pool3d
+    dense_max = max_pool(x, g.kernel_size, 1, 0, g.dilation)[(..., *(slice(0, k) for k in keep))]
+    for axis, (k, pair) in enumerate(zip(keep, blur_pads, strict=True)):
+        if max(pair) == 0:
+            continue
+        # Reflect (as Zhang's BlurPool) where the axis is long enough, else replicate; axis by axis, so that
+        # a 1-D pool equals the 2-D pool with kernel (1, k).
+        flat = [0] * (2 * n)
+        flat[2 * (n - 1 - axis)], flat[2 * (n - 1 - axis) + 1] = pair
+        dense_max = F.pad(dense_max, flat, mode="reflect" if k > max(pair) else "replicate")
     channels = dense_max.shape[1]
-    weight = blur.to(dtype=dense_max.dtype, device=dense_max.device).expand(channels, 1, size, size)
-    y = F.conv2d(dense_max, weight, stride=g.stride, groups=channels)
-    return y[..., : out[0], : out[1]]
+    weight = blur.to(dtype=dense_max.dtype, device=dense_max.device).expand(channels, 1, *taps)
+    y = conv_nd(dense_max, weight, stride=g.stride, groups=channels)
+    return y[(..., *(slice(0, o) for o in out))]
 
 
 def blur_max_pool2d(
@@ -153,11 +180,13 @@ def blur_max_pool2d(
     ceil_mode: bool = False,
     *,
     filter_size: int = 3,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Anti-aliased max pooling (Zhang 2019): dense max (stride 1), then a binomial blur with the stride.
 
     The blur is centred on the pool's own window positions, so the output has ``nn.MaxPool2d``'s
-    shape; the dense max map is reflect-padded for the blur (as Zhang's BlurPool).
+    shape; the dense max map is reflect-padded for the blur (as Zhang's BlurPool), replicate-padded along
+    an axis too short to reflect. The 1-D and 3-D forms blur along every spatial axis.
     ``filter_size = 1`` gives plain max pooling; 3 is the binomial [1, 2, 1] / 4 per axis.
 
     Example:
@@ -165,9 +194,10 @@ def blur_max_pool2d(
         >>> blur_max_pool2d(x, 2).item()   # one window: nothing to blur with
         0.25
     """
-    x, g, unbatched = prepare(input, "blur_max_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
+    x, g, finish = prepare(input, "blur_max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
     _check_filter_size(filter_size, "blur_max_pool2d")
-    return restore(_blur_max(x, g, _binomial_filter(filter_size)), x, unbatched)
+    assert isinstance(g, PoolGeometry)
+    return finish(_blur_max(x, g, _binomial_filter(filter_size, form_dims(form))))
 
 
 def _check_filter_size(filter_size: int, method: str) -> None:
@@ -191,7 +221,7 @@ class StochasticPool(Pool2d):
         0.191667
     """
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _stochastic(x, geometry, self.training)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -219,12 +249,17 @@ class GeMPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         p: float = 3.0,
         eps: float = 1e-6,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         name = type(self).__name__
         check_positive(p, "p", name)
         self.eps = float(check_positive(eps, "eps", name))
@@ -237,7 +272,7 @@ class GeMPool(Pool2d):
         """The exponent ``p = softplus(rho)`` (always positive)."""
         return F.softplus(self.rho)
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _gem(x, geometry, self.p, self.eps)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -273,18 +308,26 @@ class BlurMaxPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         filter_size: int = 3,
         device: torch.device | str | None = None,
     ) -> None:
         if kernel_size is None:
-            raise ValueError("BlurMaxPool has no global form: a global window leaves nothing to blur")
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+            raise ValueError(
+                "BlurMaxPool has no global or adaptive form: it blurs a dense max map before striding, "
+                "and adaptive windows have no stride"
+            )
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         _check_filter_size(filter_size, type(self).__name__)
         self.filter_size = filter_size
-        filt = _binomial_filter(filter_size).to(device=device, dtype=torch.get_default_dtype())
-        self.register_buffer("blur", filt.view(1, 1, filter_size, filter_size), persistent=False)
+        filt = _binomial_filter(filter_size, spatial_dims).to(device=device, dtype=torch.get_default_dtype())
+        self.register_buffer("blur", filt, persistent=False)
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _blur_max(x, geometry, self.blur)
 
     def functional_kwargs(self) -> dict[str, object]:

@@ -10,9 +10,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from poolkit.layers.base import Pool2d, Size2, channel_param, check_k, check_positive, prepare
+from poolkit.layers.base import (
+    OutputSize,
+    Pool2d,
+    PoolForm,
+    Size2,
+    adaptive_limit,
+    channel_param,
+    channel_view,
+    check_k,
+    check_positive,
+    prepare,
+)
 from poolkit.layers.fused import window_max_mean, window_topk_mean_fused
-from poolkit.layers.windows import PoolGeometry, restore, window_max
+from poolkit.layers.windows import Geometry, window_max
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -25,19 +36,19 @@ __all__ = [
 ]
 
 
-def _max_and_topk_mean(x: Tensor, g: PoolGeometry, k: int) -> tuple[Tensor, Tensor]:
+def _max_and_topk_mean(x: Tensor, g: Geometry, k: int) -> tuple[Tensor, Tensor]:
     """M and T_K; with K covering the window T_K is the mean A, and both come from one fused pass."""
     if k >= g.area:
         return window_max_mean(x, g)
     return window_max(x, g), window_topk_mean_fused(x, g, k)
 
 
-def _t_max_avg(x: Tensor, g: PoolGeometry, k: int, threshold: Tensor | float) -> Tensor:
+def _t_max_avg(x: Tensor, g: Geometry, k: int, threshold: Tensor | float) -> Tensor:
     m, top = _max_and_topk_mean(x, g, k)
     return torch.where(m >= threshold, m, top)
 
 
-def _soft_t_max_avg(x: Tensor, g: PoolGeometry, k: int, threshold: Tensor | float, tau: float) -> Tensor:
+def _soft_t_max_avg(x: Tensor, g: Geometry, k: int, threshold: Tensor | float, tau: float) -> Tensor:
     m, top = _max_and_topk_mean(x, g, k)
     if isinstance(threshold, Tensor):
         threshold = threshold.to(m.dtype)
@@ -55,6 +66,7 @@ def t_max_avg_pool2d(
     *,
     k: int = 4,
     threshold: float = 0.3,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """T-Max-Avg: ``y = M if M >= T else T_K``.
 
@@ -69,9 +81,9 @@ def t_max_avg_pool2d(
         >>> round(t_max_avg_pool2d(x, 2, k=2, threshold=0.3).item(), 6)   # T_2 = (0.25 + 0.2) / 2
         0.225
     """
-    x, g, unbatched = prepare(input, "t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode)
-    check_k(k, g, "t_max_avg_pool2d")
-    return restore(_t_max_avg(x, g, k, threshold), x, unbatched)
+    x, g, finish = prepare(input, "t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    check_k(k, adaptive_limit(g, form), "t_max_avg_pool2d")
+    return finish(_t_max_avg(x, g, k, threshold))
 
 
 def soft_t_max_avg_pool2d(
@@ -85,6 +97,7 @@ def soft_t_max_avg_pool2d(
     k: int = 4,
     threshold: float | Tensor = 0.3,
     tau: float = 0.1,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Soft T-Max-Avg: ``alpha = sigmoid((M - T) / tau)``, ``y = alpha * M + (1 - alpha) * T_K``.
 
@@ -95,13 +108,13 @@ def soft_t_max_avg_pool2d(
         >>> round(soft_t_max_avg_pool2d(x, 2).item(), 6)   # alpha = sigmoid(-0.5) = 0.377541
         0.187754
     """
-    x, g, unbatched = prepare(
-        input, "soft_t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode
+    x, g, finish = prepare(
+        input, "soft_t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
     )
-    check_k(k, g, "soft_t_max_avg_pool2d")
+    check_k(k, adaptive_limit(g, form), "soft_t_max_avg_pool2d")
     check_positive(tau, "tau", "soft_t_max_avg_pool2d")
     t = channel_param(threshold, x, "threshold", "soft_t_max_avg_pool2d")
-    return restore(_soft_t_max_avg(x, g, k, t, tau), x, unbatched)
+    return finish(_soft_t_max_avg(x, g, k, t, tau))
 
 
 def learnable_t_pool2d(
@@ -115,6 +128,7 @@ def learnable_t_pool2d(
     threshold: Tensor,
     k: int = 4,
     tau: float = 0.1,
+    form: PoolForm | None = None,
 ) -> Tensor:
     """Learnable-T: ``alpha = sigmoid((M - T)/tau)``, ``y = alpha M + (1-alpha) T_K`` with a learned tensor T.
 
@@ -130,7 +144,7 @@ def learnable_t_pool2d(
             "learnable_t_pool2d: threshold must be a tensor (use soft_t_max_avg_pool2d for a float)"
         )
     return soft_t_max_avg_pool2d(
-        input, kernel_size, stride, padding, dilation, ceil_mode, k=k, threshold=threshold, tau=tau
+        input, kernel_size, stride, padding, dilation, ceil_mode, k=k, threshold=threshold, tau=tau, form=form
     )
 
 
@@ -157,14 +171,19 @@ class TMaxAvgPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         k: int = 4,
         threshold: float = 0.3,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         self.k = check_k(k, self.geometry, type(self).__name__)
         self.threshold = float(threshold)
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _t_max_avg(x, geometry, self.k, self.threshold)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -194,16 +213,21 @@ class SoftTMaxAvgPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         k: int = 4,
         threshold: float = 0.3,
         tau: float = 0.1,
     ) -> None:
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         self.k = check_k(k, self.geometry, type(self).__name__)
         self.threshold = float(threshold)
         self.tau = float(check_positive(tau, "tau", type(self).__name__))
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
         return _soft_t_max_avg(x, geometry, self.k, self.threshold, self.tau)
 
     def functional_kwargs(self) -> dict[str, object]:
@@ -236,6 +260,8 @@ class LearnableTPool(Pool2d):
         ceil_mode: bool = False,
         *,
         channels: int | None = None,
+        spatial_dims: int = 2,
+        output_size: OutputSize = None,
         k: int = 4,
         threshold: float = 0.3,
         tau: float = 0.1,
@@ -245,15 +271,18 @@ class LearnableTPool(Pool2d):
     ) -> None:
         if per_channel and channels is None:
             raise ValueError("LearnableTPool(per_channel=True) needs channels=<number of input channels>")
-        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, channels=channels)
+        super().__init__(
+            kernel_size, stride, padding, dilation, ceil_mode,
+            channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+        )  # fmt: skip
         self.k = check_k(k, self.geometry, type(self).__name__)
         self.tau = float(check_positive(tau, "tau", type(self).__name__))
         self.per_channel = bool(per_channel)
         shape = (channels,) if per_channel else ()
         self.threshold = nn.Parameter(torch.full(shape, float(threshold), device=device, dtype=dtype))
 
-    def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
-        t = self.threshold.view(1, -1, 1, 1) if self.per_channel else self.threshold
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
+        t = channel_view(self.threshold, x)
         return _soft_t_max_avg(x, geometry, self.k, t, self.tau)
 
     def functional_kwargs(self) -> dict[str, object]:
