@@ -18,6 +18,7 @@ MODULES = [
     "poolkit.layers.literature",
     "poolkit.layers.fused",
     "poolkit.text",
+    "poolkit.errors",
 ]
 
 

@@ -202,6 +202,8 @@ def test_resume_from_a_damaged_checkpoint_recovers_from_the_previous_one(
     )
     final = load_checkpoint(path)
     assert final["epoch"] == 3
+    # Two parameter groups (pooling parameters without weight decay) resume bit-identically too.
+    assert [g["weight_decay"] for g in final["optimizer"]["param_groups"]] == [5e-4, 0.0]
     for name, tensor in reference.items():  # the same run as one never interrupted
         assert torch.equal(final["model"][name], tensor), name
 
@@ -235,10 +237,13 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
     (tmp / "sweep.yaml").write_text("name: x\ngrid: {dataset: [synthetic], poool: [max]}\n")
     (tmp / "empty").mkdir()
     (tmp / "afile").write_text("x")
+    (tmp / "broken").mkdir()
+    (tmp / "broken" / "config.yaml").write_text("dataset: synthetic\nmodel: vgg11\n")
+    (tmp / "broken" / "checkpoint.pt").write_text("not a checkpoint")
     out = ["--out", str(tmp / "run")]
     return [
         (
-            ["train", "--dataset", "cifar100", "--data-dir", "/nowhere", *out],
+            ["train", "--dataset", "cifar100", "--data-dir", str(tmp / "missing"), *out],
             r"cifar-100-python.* --download",
         ),
         (
@@ -250,7 +255,7 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
             r"wnids\.txt not found",
         ),
         (
-            ["train", "--dataset", "imagefolder", "--data-dir", "/nowhere", *out],
+            ["train", "--dataset", "imagefolder", "--data-dir", str(tmp / "missing"), *out],
             r"train not found.*--data-dir",
         ),
         (["train", "--dataset", "imagefolder", "--data-dir", str(tmp / "afile"), *out], r"not found"),
@@ -280,9 +285,10 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str], str]]:
         (["sweep", "--preset", "nope", *out], r"unknown preset 'nope'"),
         (["sweep", "--preset", "quick", "--set", "train.lrr=1", *out], r"train\.lrr: unknown key"),
         (["reproduce", "--preset", "nope", *out], r"unknown preset 'nope'"),
-        (["report", "/nowhere"], r"is not a directory"),
-        (["shift", "/nowhere"], r"does not exist"),
+        (["report", str(tmp / "missing")], r"is not a directory"),
+        (["shift", str(tmp / "missing")], r"does not exist"),
         (["shift", str(tmp / "empty")], r"has no checkpoint\.pt"),
+        (["shift", str(tmp / "broken")], r"is not a readable poolkit checkpoint"),
         (["bench", "--pools", "nope"], r"unknown pool\(s\) \['nope'\]"),
         (["list", "nope"], r"invalid choice: 'nope'"),
     ]

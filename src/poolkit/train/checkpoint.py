@@ -101,7 +101,9 @@ def load_checkpoint(
     except FileNotFoundError:
         raise
     except Exception as exc:
-        raise ValueError(f"{str(path)!r} is not a readable poolkit checkpoint: {exc}") from exc
+        # torch.load's messages run over many lines: the first says what is wrong.
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"{str(path)!r} is not a readable poolkit checkpoint: {reason}") from exc
     if not isinstance(ckpt, dict) or "format" not in ckpt or "model" not in ckpt:
         raise ValueError(f"{str(path)!r} is not a poolkit checkpoint (no 'format'/'model' entries)")
     if ckpt["format"] > CHECKPOINT_FORMAT:
