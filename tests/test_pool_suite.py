@@ -102,7 +102,9 @@ def test_shape_parity_hypothesis(name, height, width, kh, kw, sh, sw, dilation, 
         assert pool(x).shape == expected
 
 
-def _gradcheck_module(name: str, module: nn.Module, x: torch.Tensor, *, include_params: bool = True) -> None:
+def _gradcheck_module(
+    name: str, module: nn.Module, x: torch.Tensor, *, include_params: bool = True, fast_mode: bool = False
+) -> None:
     module = module.double()
     names = [n for n, _ in module.named_parameters()] if include_params else []
     params = [p.detach().clone().requires_grad_() for n, p in module.named_parameters() if n in names]
@@ -111,7 +113,9 @@ def _gradcheck_module(name: str, module: nn.Module, x: torch.Tensor, *, include_
         reseed(1234)  # stochastic methods draw the same numbers on every call
         return torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (inp,))
 
-    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3), name
+    assert torch.autograd.gradcheck(f, (x, *params), eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=fast_mode), (
+        name
+    )
 
 
 @pytest.mark.parametrize("name", ALL_POOLS)
@@ -516,12 +520,8 @@ def _sampled_grid(spatial_dims: int, count: int, seed: int):
 @pytest.mark.parametrize("name", ALL_POOLS)
 @pytest.mark.parametrize("spatial_dims", [1, 3])
 def test_form_shape_parity_with_maxpool_over_a_grid(name, spatial_dims):
-    """1-D: the 2-D test's whole grid; 3-D: 24 sampled geometries with per-axis tuples; vs nn.MaxPool{n}d."""
-    grid = (
-        [((k,), (s,), (p,), d, c) for k, s, p, d, c in GRID]
-        if spatial_dims == 1
-        else _sampled_grid(3, 24, seed=len(name))
-    )
+    """40 (1-D) or 24 (3-D) geometries sampled per method, with per-axis tuples, against nn.MaxPool{n}d."""
+    grid = _sampled_grid(spatial_dims, 40 if spatial_dims == 1 else 24, seed=len(name))
     sizes = [(10,), (3,)] if spatial_dims == 1 else [(5, 4, 6), (3, 2, 4)]
     for size in sizes:
         x = torch.randn(2, CHANNELS, *size)
@@ -630,9 +630,13 @@ def test_forms_with_convolutional_parts_use_the_matching_conv():
 
 @pytest.mark.parametrize(("name", "form"), FORM_CASES, ids=FORM_IDS)
 def test_form_gradcheck_float64(name, form):
-    """Input and learnable parameters, in training mode, on distinct values (no ties, away from kinks)."""
+    """Input and learnable parameters, in training mode, on distinct values (no ties, away from kinks).
+
+    gradcheck's fast mode (analytical against numerical Jacobian along random directions) keeps the 82 cases
+    cheap; the 2-D tests above check full Jacobians.
+    """
     _, dims, adaptive = form
-    size = {1: (7,), 2: (5, 5), 3: (4, 3, 4)}[dims]
+    size = {1: (7,), 2: (5, 4), 3: (3, 4, 3)}[dims]
     numel = 2 * math.prod(size)
     gen = torch.Generator().manual_seed(3)
     x = (torch.randperm(numel, generator=gen).double() / numel + 0.35).view(1, 2, *size).requires_grad_()
@@ -641,9 +645,9 @@ def test_form_gradcheck_float64(name, form):
     else:
         module = build_form(name, dims, False, 3, 2, 1, channels=2)
     module = perturb(module.double()).train()
-    _gradcheck_module(name, module, x, include_params=name != "stochastic_mix")
+    _gradcheck_module(name, module, x, include_params=name != "stochastic_mix", fast_mode=True)
     if name in STOCHASTIC:
-        _gradcheck_module(name, module.eval(), x)
+        _gradcheck_module(name, module.eval(), x, fast_mode=True)
 
 
 def _functional_args(module, form) -> dict:
