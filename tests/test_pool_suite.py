@@ -650,6 +650,25 @@ def test_form_gradcheck_float64(name, form):
         _gradcheck_module(name, module.eval(), x, fast_mode=True)
 
 
+@pytest.mark.parametrize(("name", "form"), FORM_CASES, ids=FORM_IDS)
+def test_form_float_dtypes_and_bfloat16_autocast(name, form):
+    """Half precision on CPU in every form (CPU avg_pool3d has no half kernel: poolkit averages in float32)"""
+    _, dims, _ = form
+    module = perturb(_build_case(name, form)).eval()
+    x = torch.rand(2, CHANNELS, *_SPATIAL[dims]) + 0.05
+    reference = module(x)
+    for dtype, tol in ((torch.bfloat16, 3e-2), (torch.float16, 1e-2)):
+        low = copy.deepcopy(module).to(dtype)(x.to(dtype))
+        assert low.dtype == dtype
+        torch.testing.assert_close(low.float(), reference, rtol=tol, atol=tol)
+    module.train()
+    xg = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = module(xg)
+    y.float().sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(xg.grad).all()
+
+
 def _functional_args(module, form) -> dict:
     _, _, adaptive = form
     if adaptive:
