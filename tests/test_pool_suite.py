@@ -714,6 +714,16 @@ def test_form_errors_name_the_problem(name, form):
             build_form(name, dims, False, 2)(torch.randn(1, CHANNELS, *(1,) * dims))
 
 
+def test_registry_lists_the_forms_of_every_method():
+    for name in ALL_POOLS:
+        forms = poolkit.get_pool_spec(name).forms
+        assert forms[:3] == ("1d", "2d", "3d")
+        assert ("adaptive2d" in forms) == (name in ADAPTIVE_POOLS)
+        for form in forms:
+            dims, adaptive = int(form[-2]), form.startswith("adaptive")
+            assert poolkit.functional.functional_for(name, dims, adaptive).__name__.endswith(f"{dims}d")
+
+
 def test_forms_refused_with_a_clear_error():
     for name in ("strided_conv", "blurmax"):
         with pytest.raises(ValueError, match="no global or adaptive form"):
