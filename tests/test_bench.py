@@ -63,6 +63,7 @@ def test_op_grid_has_a_row_per_pool_layout_dtype_mode_with_ratios_to_native_max(
 def test_named_cases_and_batch():
     cases = bench.resolve_cases(None)
     assert [c.name for c in cases] == ["vgg16-1", "vgg16-2", "vgg16-3", "vgg16-4", "vgg16-5", "resnet-stem"]
+    assert {"audio-1d", "video-3d"} <= set(bench.OP_CASES)  # named, not in the default run
     assert cases[0].shape == (128, 64, 32, 32) and cases[4].shape == (128, 512, 2, 2)
     stem = bench.OP_CASES["resnet-stem"]
     assert (stem.kernel_size, stem.stride, stem.padding, stem.window) == (3, 2, 1, "3x3/2 p1")
@@ -243,7 +244,7 @@ def test_model_level_round_robin_for_vgg16_and_resnet18():
 def test_unknown_names_are_clear(capsys):
     parser = _parser()
     with pytest.raises(SystemExit):
-        parser.parse_args(["--shape", "2x3x6"])
+        parser.parse_args(["--shape", "2x3"])  # 3 to 5 axes: NxCxL, NxCxHxW, NxCxDxHxW
     assert bench.main(parser.parse_args(["--pools", "nope", "--device", "cpu"])) == 2
     assert "valid pools are: attention" in capsys.readouterr().err
     assert bench.main(parser.parse_args(["--case", "vgg16-1,nope"])) == 2
@@ -256,3 +257,25 @@ def test_unknown_names_are_clear(capsys):
     assert "--rounds must be positive" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"valid pools|valid names"):
         bench.bench_ops(["nope"], [TINY])
+
+
+def test_1d_and_3d_cases_run_at_tiny_size():
+    """The audio-1d and video-3d cases (at batch 1, shrunk) and custom 1-D/3-D shapes time every form."""
+    audio, video = bench.OP_CASES["audio-1d"], bench.OP_CASES["video-3d"]
+    assert (audio.spatial_dims, audio.window, video.spatial_dims, video.window) == (1, "4/4", 3, "2x2x2/2")
+    cases = [
+        bench.OpCase("audio-tiny", (1, 2, 16), audio.kernel_size, audio.stride),
+        bench.OpCase("video-tiny", (1, 2, 4, 4, 4), video.kernel_size, video.stride),
+        *bench.resolve_cases([], [(1, 2, 9), (1, 2, 3, 4, 5)], kernel_size=2),
+    ]
+    rows = bench.bench_ops(
+        ["max", "tmaxavg", "attention"],
+        cases,
+        dtypes=["float32"],
+        modes=["fwd", "fwd+bwd"],
+        min_run_time=0.001,
+    )
+    pooled = [r for r in rows if r.pool in ("max", "tmaxavg", "attention", NATIVE)]
+    assert {r.layout for r in rows} == {"nchw"}  # channels_last is 4-D only
+    assert len(pooled) == 4 * 4 * 2 and all(r.error is None and r.ratio is not None for r in pooled)
+    assert {r.window for r in rows} >= {"4/4", "2x2x2/2", "2/2"}

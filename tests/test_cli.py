@@ -82,6 +82,7 @@ def test_list_pools(capsys):
         assert poolkit.get_pool_spec(name).family in rows[name]
     assert rows["channel_adaptive"].split()[3] == "64"  # one lambda per channel at 64 channels
     assert rows["max"].split()[2:4] == ["Max", "0"]
+    assert "1d,2d,3d,adaptive" in rows["gem"] and "adaptive" not in rows["blurmax"]
     code, out, _ = run(capsys, "list", "pools", "--family", "study")
     listed = {line.split()[0] for line in out.splitlines()[1:] if line.strip()} & set(poolkit.list_pools())
     assert listed == set(poolkit.list_pools("study"))

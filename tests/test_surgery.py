@@ -128,8 +128,18 @@ def test_refuses_what_it_cannot_replace():
     net = nn.Sequential(nn.MaxPool2d(2, return_indices=True))
     with pytest.raises(ValueError, match="return_indices"):
         poolkit.swap_pooling(net, "avg")
-    with pytest.raises(ValueError, match="kernel_size"):
-        poolkit.swap_pooling(nn.Sequential(nn.AdaptiveAvgPool2d(1)), "avg", targets=(nn.AdaptiveAvgPool2d,))
+    with pytest.raises(ValueError, match="neither kernel_size nor output_size"):
+        poolkit.swap_pooling(nn.Sequential(nn.Identity()), "avg", targets=(nn.Identity,))
+    with pytest.raises(ValueError, match="no global or adaptive form"):
+        poolkit.swap_pooling(
+            nn.Sequential(nn.AdaptiveAvgPool2d(1)), "blurmax", targets=(nn.AdaptiveAvgPool2d,)
+        )
+    with pytest.raises(ValueError, match="return_indices"):
+        poolkit.swap_pooling(
+            nn.Sequential(nn.AdaptiveMaxPool2d(2, return_indices=True)),
+            "max",
+            targets=(nn.AdaptiveMaxPool2d,),
+        )
     with pytest.raises(ValueError, match="valid names"):
         poolkit.swap_pooling(make_net(), "nope")
 
@@ -246,3 +256,78 @@ def test_avg_count_include_pad_and_divisor_override_equal_torch():
         poolkit.create_pool("avg", 2, divisor_override=0)
     with pytest.raises(ValueError, match="count_include_pad=True is defined"):
         poolkit.create_pool("avg", 3, padding=1, dilation=2, count_include_pad=True)
+
+
+# ----------------------------------------------------------- every form: 1-D, 3-D and adaptive targets
+
+_TORCH_FORMS = [
+    (nn.MaxPool1d(3, 2, 1, ceil_mode=True), (2, 4, 11)),
+    (nn.MaxPool3d((1, 3, 2), (1, 2, 2), (0, 1, 1)), (2, 4, 3, 8, 7)),
+    (nn.AvgPool1d(3, 2, 1), (2, 4, 11)),
+    (nn.AvgPool3d(3, 2, 1, ceil_mode=True, count_include_pad=False), (2, 4, 6, 7, 5)),
+    (nn.AvgPool3d(2, divisor_override=3), (2, 4, 4, 4, 6)),
+    (nn.LPPool1d(2, 3, stride=2), (2, 4, 11)),
+    (nn.AdaptiveMaxPool1d(4), (2, 4, 11)),
+    (nn.AdaptiveMaxPool2d((3, None)), (2, 4, 7, 5)),
+    (nn.AdaptiveMaxPool3d((2, 3, 4)), (2, 4, 5, 7, 9)),
+    (nn.AdaptiveAvgPool1d(1), (2, 4, 11)),
+    (nn.AdaptiveAvgPool2d((7, 7)), (2, 4, 9, 15)),
+    (nn.AdaptiveAvgPool3d(1), (2, 4, 3, 5, 6)),
+]
+
+
+@pytest.mark.parametrize(("layer", "shape"), _TORCH_FORMS, ids=[type(m).__name__ for m, _ in _TORCH_FORMS])
+def test_every_torch_pooling_form_is_swapped_to_the_matching_form(layer, shape):
+    """max/avg/lp keep the layer's output exactly; a learnable method keeps its shape and gets channels."""
+    x = torch.randn(*shape).abs() + 0.1
+    expected = layer(x)
+    kind = type(layer).__name__
+    same = "avg" if "Avg" in kind else "lp" if "LP" in kind else "max"
+    net = poolkit.swap_pooling(nn.Sequential(copy_of(layer)), same, targets=(type(layer),))
+    assert isinstance(net[0], Pool2d) and net[0].spatial_dims == len(shape) - 2
+    torch.testing.assert_close(net(x), expected)
+    if same == "lp":
+        return
+    net = nn.Sequential(nn.Conv1d(4, 4, 1) if len(shape) == 3 else nn.Identity(), copy_of(layer))
+    padded = any(nn.modules.utils._ntuple(len(shape) - 2)(getattr(layer, "padding", 0)))
+    if getattr(layer, "divisor_override", None) or (getattr(layer, "count_include_pad", False) and padded):
+        with pytest.raises(ValueError, match=r"divisor_override|count_include_pad"):
+            poolkit.swap_pooling(net, "channel_adaptive", targets=(type(layer),), example_input=x)
+        return
+    poolkit.swap_pooling(net, "channel_adaptive", targets=(type(layer),), example_input=x)
+    assert net[1].channels == 4 and net(x).shape == expected.shape
+
+
+def copy_of(layer: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(layer)
+
+
+def test_adaptive_head_of_a_classifier_becomes_gem():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    x = torch.randn(2, 3, 12, 10)
+    poolkit.swap_pooling(net, "gem", targets=(nn.AdaptiveAvgPool2d,), example_input=x)
+    assert isinstance(net[2], poolkit.layers.GeMPool) and net[2].output_size == (1, 1)
+    net(x).sum().backward()
+    assert net[2].rho.grad is not None
+
+
+def test_audio_net_swap_of_maxpool1d():
+    wave = torch.randn(2, 1, 64)
+    audio_net = nn.Sequential(
+        nn.Conv1d(1, 6, 5, padding=2), nn.MaxPool1d(4), nn.Conv1d(6, 6, 3), nn.MaxPool1d(2)
+    )
+    shapes = [audio_net[:2](wave).shape, audio_net(wave).shape]
+    poolkit.swap_pooling(audio_net, "channel_adaptive", targets=(nn.MaxPool1d,), example_input=wave)
+    assert [audio_net[1].channels, audio_net[3].channels] == [6, 6]
+    assert isinstance(audio_net[1].theta, nn.Parameter) and audio_net[1].kernel_size == (4,)
+    assert [audio_net[:2](wave).shape, audio_net(wave).shape] == shapes
+
+
+def test_poolkit_forms_can_be_targets_too():
+    net = nn.Sequential(
+        poolkit.create_adaptive_pool("max", (2, 3)), poolkit.create_pool("max", 2, spatial_dims=1)
+    )
+    poolkit.swap_pooling(net, "avg", targets=(poolkit.layers.MaxPool,))
+    assert net[0].output_size == (2, 3) and net[1].kernel_size == (2,) and net[1].spatial_dims == 1

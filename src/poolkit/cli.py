@@ -195,16 +195,19 @@ def _list_pools(family: str | None) -> str:
     from poolkit.registry import pool_options
 
     channels = 64
-    rows = [["name", "family", "title", f"params@{channels}ch", "stochastic", "options (defaults)"]]
+    rows = [["name", "family", "title", f"params@{channels}ch", "stochastic", "forms", "options (defaults)"]]
     for name in poolkit.list_pools(family):  # type: ignore[arg-type]
         spec = poolkit.get_pool_spec(name)
         layer = poolkit.create_pool(name, 2, channels=channels)
         params = sum(p.numel() for p in layer.parameters() if p.requires_grad)
         options = ", ".join(f"{k}={v}" for k, v in pool_options(name).items()) or "-"
-        rows.append([name, spec.family, spec.title, str(params), "yes" if spec.stochastic else "no", options])
+        forms = "1d,2d,3d" + (",adaptive" if spec.supports_global else "")
+        stochastic = "yes" if spec.stochastic else "no"
+        rows.append([name, spec.family, spec.title, str(params), stochastic, forms, options])
     note = (
         f"params@{channels}ch: learnable parameters of one 2x2 layer on {channels} channels "
-        "(0 = a fixed operator). Families: classic, study (the adaptive-pooling study's 8), literature."
+        "(0 = a fixed operator). Families: classic, study (the adaptive-pooling study's 8), literature. "
+        "Forms: create_pool(..., spatial_dims=1|2|3); adaptive: create_adaptive_pool(name, output_size)."
     )
     return _table(rows) + "\n\n" + note
 

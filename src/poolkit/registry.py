@@ -76,6 +76,19 @@ class PoolSpec:
     stochastic: bool
     supports_global: bool
 
+    @property
+    def forms(self) -> tuple[str, ...]:
+        """The forms of the method: ``"1d"``, ``"2d"``, ``"3d"`` (windowed) and, for all but ``strided_conv``
+        and ``blurmax``, ``"adaptive1d"``, ``"adaptive2d"``, ``"adaptive3d"`` (global = output_size 1).
+
+        Example:
+            >>> import poolkit
+            >>> poolkit.get_pool_spec("gem").forms
+            ('1d', '2d', '3d', 'adaptive1d', 'adaptive2d', 'adaptive3d')
+        """
+        windowed = ("1d", "2d", "3d")
+        return windowed + (("adaptive1d", "adaptive2d", "adaptive3d") if self.supports_global else ())
+
 
 _REGISTRY: dict[str, PoolSpec] = {}
 _T = TypeVar("_T", bound=type)

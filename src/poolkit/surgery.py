@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from poolkit.registry import PoolFactory, create_pool, get_pool_spec
+from poolkit.registry import PoolFactory, create_adaptive_pool, create_pool, get_pool_spec
 
 __all__ = ["find_pools", "swap_pooling"]
 
@@ -36,8 +36,28 @@ def _method_label(method: PoolFactory) -> str:
     return repr(method) if isinstance(method, str) else (cls.__name__ if cls else repr(method))
 
 
+_SPATIAL_DIMS: dict[type[nn.Module], int] = {
+    nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3,
+    nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3,
+    nn.LPPool1d: 1, nn.LPPool2d: 2,
+    nn.AdaptiveMaxPool1d: 1, nn.AdaptiveMaxPool2d: 2, nn.AdaptiveMaxPool3d: 3,
+    nn.AdaptiveAvgPool1d: 1, nn.AdaptiveAvgPool2d: 2, nn.AdaptiveAvgPool3d: 3,
+}  # fmt: skip
+if hasattr(nn, "LPPool3d"):
+    _SPATIAL_DIMS[nn.LPPool3d] = 3
+
+
+def _spatial_dims(module: nn.Module) -> int:
+    """The number of spatial axes a pooling layer works on (2 for an unknown MaxPool2d-like class)."""
+    for cls in type(module).__mro__:
+        if cls in _SPATIAL_DIMS:
+            return _SPATIAL_DIMS[cls]
+    return int(getattr(module, "spatial_dims", 2))
+
+
 def _pool_arguments(name: str, module: nn.Module, method: PoolFactory) -> dict[str, Any]:
-    """The ``create_pool`` arguments that rebuild ``module``'s windows with ``method``.
+    """The arguments that rebuild ``module``'s windows with ``method``: ``create_pool``'s for a windowed
+    layer, ``create_adaptive_pool``'s (``output_size``) for an adaptive one, ``spatial_dims`` for both.
 
     Options of the target that the method cannot honour raise a ``ValueError`` naming the option and the fix.
     """
@@ -46,37 +66,44 @@ def _pool_arguments(name: str, module: nn.Module, method: PoolFactory) -> dict[s
     cls = _method_class(method)
     label = _method_label(method)
     kind = type(module).__name__
+    dims = _spatial_dims(module)
     if getattr(module, "return_indices", False):
         raise ValueError(
             f"{name}: {kind}(return_indices=True) feeds a MaxUnpool and cannot be replaced; "
             f"exclude it from targets"
         )
     kernel = getattr(module, "kernel_size", None)
+    output_size = getattr(module, "output_size", None)
+    if kernel is None and output_size is not None:  # adaptive and global pools
+        if isinstance(output_size, (tuple, list)):
+            output_size = tuple(output_size)
+        return {"output_size": output_size, "spatial_dims": dims}
     if kernel is None:
         raise ValueError(
-            f"{name}: {kind} has no kernel_size, so it is not a windowed pool that "
-            f"swap_pooling can replace (adaptive and global pools are not); remove it from targets"
+            f"{name}: {kind} has neither kernel_size nor output_size, so it is not a pool that "
+            f"swap_pooling can replace; remove it from targets"
         )
-    arguments: dict[str, Any] = {"kernel_size": kernel}
+    arguments: dict[str, Any] = {"kernel_size": kernel, "spatial_dims": dims}
     for arg in _POOL_ARGS[1:]:
         if hasattr(module, arg):
             arguments[arg] = getattr(module, arg)
     if arguments.get("stride") is None:
         arguments["stride"] = kernel
-    padded = any(p > 0 for p in nn.modules.utils._ntuple(2)(arguments.get("padding", 0)))
-    if isinstance(module, nn.AvgPool2d):
+    padded = any(p > 0 for p in nn.modules.utils._ntuple(dims)(arguments.get("padding", 0)))
+    if isinstance(module, nn.modules.pooling._AvgPoolNd):
+        divisor = getattr(module, "divisor_override", None)  # AvgPool1d has none
         if cls is not None and issubclass(cls, AvgPool):
             arguments["count_include_pad"] = bool(module.count_include_pad)
-            arguments["divisor_override"] = module.divisor_override
-        elif module.divisor_override is not None:
+            arguments["divisor_override"] = divisor
+        elif divisor is not None:
             raise ValueError(
-                f"{name}: AvgPool2d(divisor_override={module.divisor_override}) divides every window by a "
+                f"{name}: {kind}(divisor_override={divisor}) divides every window by a "
                 f"constant, which {label} cannot honour; swap it to 'avg' (which honours it) or set "
                 f"divisor_override=None on the layer first"
             )
         elif module.count_include_pad and padded:
             raise ValueError(
-                f"{name}: AvgPool2d(count_include_pad=True) counts its zero padding as cells, which "
+                f"{name}: {kind}(count_include_pad=True) counts its zero padding as cells, which "
                 f"{label} cannot honour (poolkit's methods never count padding); swap it to 'avg' (which "
                 f"honours it) or set count_include_pad=False on the layer first"
             )
@@ -103,8 +130,9 @@ def _input_channels(model: nn.Module, layers: list[nn.Module], example_input: An
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
         x = args[0] if args else None
-        if isinstance(x, Tensor) and x.dim() in (3, 4):
-            seen[id(module)].add(int(x.shape[-3]))
+        dims = _spatial_dims(module)
+        if isinstance(x, Tensor) and x.dim() in (dims + 1, dims + 2):
+            seen[id(module)].add(int(x.shape[-1 - dims]))
 
     handles = [m.register_forward_pre_hook(hook) for m in layers]
     modes = {m: m.training for m in model.modules()}  # restore each module's own mode afterwards
@@ -156,8 +184,12 @@ def swap_pooling(
 ) -> nn.Module:
     """Replace every ``targets`` layer of ``model`` in place by ``method``, keeping its geometry.
 
-    Every instance of a target class, also inside nested modules and ``nn.Sequential``, becomes
-    ``create_pool(method, kernel_size, stride, padding, dilation, ceil_mode, channels=C, **options)``.
+    Every instance of a target class, also inside nested modules and ``nn.Sequential``, becomes the matching
+    form of the method: a windowed layer (``nn.MaxPool1d/2d/3d``, ``nn.AvgPool1d/2d/3d``, ``nn.LPPool1d/2d``)
+    becomes ``create_pool(method, kernel_size, stride, padding, dilation, ceil_mode, channels=C,
+    spatial_dims=n, **options)``, an adaptive one (``nn.AdaptiveMaxPool1d/2d/3d``,
+    ``nn.AdaptiveAvgPool1d/2d/3d``: the heads of torchvision, timm and Hugging Face models) becomes
+    ``create_adaptive_pool(method, output_size, channels=C, spatial_dims=n, **options)``.
     A module object used in several places stays shared (one replacement for it). When the method
     needs channel counts (``PoolSpec.needs_channels``), they come from one forward pass of
     ``example_input`` in eval mode under ``torch.no_grad()``.
@@ -171,7 +203,8 @@ def swap_pooling(
     Args:
         model: any ``nn.Module``; modified in place and returned.
         method: a registered name, a pool class or a ``functools.partial``.
-        targets: the layer classes to replace (default ``(nn.MaxPool2d,)``; add ``nn.AvgPool2d`` etc.).
+        targets: the layer classes to replace (default ``(nn.MaxPool2d,)``; add ``nn.AvgPool2d``,
+            ``nn.AdaptiveAvgPool2d``, ``nn.MaxPool1d``... or poolkit pool classes).
         example_input: an input for ``model`` (a tensor, a tuple of positional inputs or a dict of
             keyword inputs), needed only when the method needs channel counts.
         **options: the method's own options.
@@ -231,7 +264,10 @@ def swap_pooling(
     replacements: dict[int, nn.Module] = {}
     for key, (name, module) in unique.items():
         arguments = _pool_arguments(name, module, method)
-        new = create_pool(method, **arguments, channels=channels[key], **options)
+        if "output_size" in arguments:
+            new = create_adaptive_pool(method, **arguments, channels=channels[key], **options)
+        else:
+            new = create_pool(method, **arguments, channels=channels[key], **options)
         factory = _factory_kwargs(parents[key], None) or _factory_kwargs(model, example_input)
         new = new.to(**factory) if factory else new
         replacements[key] = new.train(module.training)  # an eval model stays in eval

@@ -59,11 +59,13 @@ class _ListAction(argparse.Action):
         setattr(namespace, self.dest, items)
 
 
-def _parse_shape(text: str) -> tuple[int, int, int, int]:
+def _parse_shape(text: str) -> tuple[int, ...]:
     parts = text.lower().replace(",", "x").split("x")
-    if len(parts) != 4 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise argparse.ArgumentTypeError(f"shape {text!r} must be NxCxHxW, e.g. 128x64x32x32")
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    if len(parts) not in (3, 4, 5) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r} must be NxCxL, NxCxHxW or NxCxDxHxW (1-, 2- or 3-D pools), e.g. 128x64x32x32"
+        )
+    return tuple(int(p) for p in parts)
 
 
 def expand_pools(names: Sequence[str] | None) -> list[str]:
@@ -96,11 +98,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     op = parser.add_argument_group("op level")
     op.add_argument(
         "--case", action=_ListAction, default=None, metavar="NAME",
-        help=f"named cases, repeatable or comma list (default: all of {', '.join(OP_CASES)})",
+        help=f"named cases, repeatable or comma list (default: the 2-D ones; all: {', '.join(OP_CASES)})",
     )  # fmt: skip
     op.add_argument(
         "--shape", type=_parse_shape, action="append", default=None, metavar="NxCxHxW",
-        help="a custom input shape (repeatable) pooled with --kernel-size/--stride/--padding; replaces the "
+        help="a custom input shape (repeatable; NxCxL or NxCxDxHxW for 1-D and 3-D pools) pooled with "
+        "--kernel-size/--stride/--padding; replaces the "
         "named cases unless --case is given too",
     )  # fmt: skip
     op.add_argument("--kernel-size", type=int, default=2, help="window of --shape (default 2)")

@@ -16,6 +16,7 @@ from poolkit.bench.timing import _error, _resolve_device, _time, _traffic, gbps,
 __all__ = [
     "CLONE",
     "COPY",
+    "DEFAULT_CASES",
     "DTYPES",
     "LAYOUTS",
     "MODES",
@@ -30,20 +31,25 @@ __all__ = [
 
 @dataclass(frozen=True)
 class OpCase:
-    """One pooling layer to time: input shape (N, C, H, W) and a square window."""
+    """One pooling layer to time: input shape (N, C, *spatial) with 1, 2 or 3 spatial axes, a cubic window."""
 
     name: str
-    shape: tuple[int, int, int, int]
+    shape: tuple[int, ...]
     kernel_size: int
     stride: int
     padding: int = 0
     note: str = ""
 
     @property
+    def spatial_dims(self) -> int:
+        """1, 2 or 3: the pool's form."""
+        return len(self.shape) - 2
+
+    @property
     def window(self) -> str:
-        """``"2x2/2"`` or ``"3x3/2 p1"``."""
-        k = self.kernel_size
-        return f"{k}x{k}/{self.stride}" + (f" p{self.padding}" if self.padding else "")
+        """``"2x2/2"``, ``"3x3/2 p1"``, ``"4/4"`` (1-D) or ``"2x2x2/2"`` (3-D)."""
+        k = "x".join([str(self.kernel_size)] * self.spatial_dims)
+        return f"{k}/{self.stride}" + (f" p{self.padding}" if self.padding else "")
 
     @property
     def shape_str(self) -> str:
@@ -78,15 +84,33 @@ OP_CASES: dict[str, OpCase] = {
             1,
             "ResNet18 ImageNet-stem pool on 64x64 Tiny ImageNet images (after the stride-2 stem conv)",
         ),
+        OpCase(
+            "audio-1d",
+            (32, 128, 4000),
+            4,
+            4,
+            0,
+            "1-D pool of an audio CNN: 128 feature maps of 4000 steps (0.25 s at 16 kHz), batch 32",
+        ),
+        OpCase(
+            "video-3d",
+            (8, 64, 16, 28, 28),
+            2,
+            2,
+            0,
+            "3-D pool of a video CNN (C3D's pool2 on 16-frame clips at 28x28), batch 8",
+        ),
     )
 }
+#: The cases run when none is named: the 2-D ones (``--case audio-1d,video-3d`` adds the other forms).
+DEFAULT_CASES: tuple[str, ...] = tuple(name for name, case in OP_CASES.items() if case.spatial_dims == 2)
 LAYOUTS: tuple[str, ...] = ("nchw", "channels_last")
 #: The dtypes of the default grid (``--dtype`` also accepts float16 and float64).
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 _ALL_DTYPES = ("float32", "bfloat16", "float16", "float64")
 MODES: tuple[str, ...] = ("fwd", "fwd+bwd", "memory")
 #: Row names of the references timed in every group.
-NATIVE = "F.max_pool2d"
+NATIVE = "F.max_pool2d"  # the reference row's name; 1-D and 3-D cases time F.max_pool1d/3d under it
 COPY = "copy"
 CLONE = "clone"
 
@@ -131,7 +155,7 @@ class OpResult:
 
 def resolve_cases(
     names: Sequence[str] | None,
-    shapes: Sequence[tuple[int, int, int, int]] = (),
+    shapes: Sequence[tuple[int, ...]] = (),
     *,
     kernel_size: int = 2,
     stride: int | None = None,
@@ -144,7 +168,7 @@ def resolve_cases(
     naming the valid cases for an unknown name.
     """
     if names is None and not shapes:
-        names = list(OP_CASES)
+        names = list(DEFAULT_CASES)
     cases: list[OpCase] = []
     for name in names or []:
         if name not in OP_CASES:
@@ -157,11 +181,11 @@ def resolve_cases(
     return cases
 
 
-def _pool_options(name: str, kernel_size: int) -> dict[str, Any]:
+def _pool_options(name: str, kernel_size: int, spatial_dims: int = 2) -> dict[str, Any]:
     """The default options, with a top-k ``k`` clipped to the window."""
     options = poolkit.pool_options(name)
     if "k" in options:
-        return {"k": min(int(options["k"]), kernel_size * kernel_size)}
+        return {"k": min(int(options["k"]), kernel_size**spatial_dims)}
     return {}
 
 
@@ -217,7 +241,8 @@ def bench_ops(
     for device_name in devices:
         device = _resolve_device(device_name)
         for case in cases:
-            for layout in layouts:
+            # channels_last is a 4-D layout: the 1-D and 3-D cases run contiguous only.
+            for layout in layouts if case.spatial_dims == 2 else [lay for lay in layouts if lay == "nchw"]:
                 for dtype in dtypes:
                     rows = _bench_group(
                         names, case, layout, dtype, device, modes, min_run_time, compile, progress
@@ -280,15 +305,18 @@ def _bench_group(
         del buffer
 
     k, s, p = case.kernel_size, case.stride, case.padding
+    dims = case.spatial_dims
     Built = tuple[Callable[[Tensor], Tensor], list[Tensor], int]
+    native_max = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
 
     def native() -> Built:
-        return (lambda t: F.max_pool2d(t, k, s, p)), [], 0
+        return (lambda t: native_max(t, k, s, p)), [], 0
 
     def builder(name: str) -> Callable[[], Built]:
         def build() -> Built:
             torch.manual_seed(0)
-            pool = poolkit.create_pool(name, k, s, p, channels=case.shape[1], **_pool_options(name, k))
+            options = _pool_options(name, k, dims)
+            pool = poolkit.create_pool(name, k, s, p, channels=case.shape[1], spatial_dims=dims, **options)
             pool = pool.to(device=device, dtype=dtype)
             pool = pool.to(memory_format=memory_format).train()  # type: ignore[call-overload]
             params = [q for q in pool.parameters() if q.requires_grad]

@@ -21,7 +21,7 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
-from poolkit.layers.windows import Geometry, PoolGeometry, window_max, window_mean, window_sum
+from poolkit.layers.windows import Geometry, PoolGeometry, _average, window_max, window_mean, window_sum
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -65,8 +65,7 @@ def _avg(x: Tensor, g: Geometry, count_include_pad: bool, divisor_override: int 
         return window_sum(x, g) / divisor_override
     if count_include_pad and isinstance(g, PoolGeometry) and any(g.padding):
         # torch's divisor: the window's cells inside the padded input (ceil_mode overhang excluded).
-        pool = F.avg_pool2d if g.spatial_dims == 2 else F.avg_pool3d
-        return pool(x, g.kernel_size, g.stride, g.padding, g.ceil_mode, count_include_pad=True)
+        return _average(x, g, count_include_pad=True)
     return window_mean(x, g)
 
 

@@ -376,6 +376,15 @@ def _native_average(g: PoolGeometry, x: Tensor) -> bool:
     return g.spatial_dims != 3 or all([s >= k for s, k in zip(x.shape[2:], g.kernel_size, strict=True)])
 
 
+def _average(x: Tensor, g: PoolGeometry, **options: Any) -> Tensor:
+    """``F.avg_pool2d``/``F.avg_pool3d`` of the geometry; CPU ``avg_pool3d`` has no half-precision kernel, so
+    float16/bfloat16 inputs are averaged in float32 there and cast back."""
+    if g.spatial_dims == 3 and x.device.type == "cpu" and x.element_size() < 4:
+        return _average(x.float(), g, **options).to(x.dtype)
+    pool = _native("avg_pool", g.spatial_dims)
+    return pool(x, g.kernel_size, g.stride, g.padding, g.ceil_mode, **options)
+
+
 def window_max(x: Tensor, geometry: Geometry) -> Tensor:
     """M: the maximum over each window's real cells (padding is ``-inf``), shape (N, C, *out)."""
     g = geometry
@@ -391,9 +400,7 @@ def window_sum(x: Tensor, geometry: Geometry) -> Tensor:
         count = window_count(g, *x.shape[2:], device=x.device)
         return _native("adaptive_avg_pool", g.spatial_dims)(x, g.out_size) * count.to(x.dtype)
     if _native_average(g, x):
-        return _native("avg_pool", g.spatial_dims)(
-            x, g.kernel_size, g.stride, g.padding, g.ceil_mode, count_include_pad=True, divisor_override=1
-        )
+        return _average(x, g, count_include_pad=True, divisor_override=1)
     return unfold_windows(x, g, 0.0).sum(-1)
 
 
@@ -483,9 +490,7 @@ def window_mean(x: Tensor, geometry: Geometry) -> Tensor:
     if isinstance(g, AdaptiveGeometry):
         return _native("adaptive_avg_pool", g.spatial_dims)(x, g.out_size)
     if _native_average(g, x):
-        return _native("avg_pool", g.spatial_dims)(
-            x, g.kernel_size, g.stride, g.padding, g.ceil_mode, count_include_pad=False
-        )
+        return _average(x, g, count_include_pad=False)
     count = window_count(g, *x.shape[2:], device=x.device).clamp_min(1)
     return window_sum(x, g) / count.to(x.dtype)
 
