@@ -543,6 +543,34 @@ def test_form_shape_parity_with_maxpool_over_a_grid(name, spatial_dims):
                 assert torch.isfinite(y).all(), (name, k, s, p, d, c, size)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(ALL_POOLS),
+    spatial_dims=st.sampled_from([1, 3]),
+    ceil_mode=st.booleans(),
+    batched=st.booleans(),
+    data=st.data(),
+)
+def test_form_shape_parity_hypothesis(name, spatial_dims, ceil_mode, batched, data):
+    n = spatial_dims
+    size = tuple(data.draw(st.integers(1, 9 if n == 1 else 5)) for _ in range(n))
+    kernel = tuple(data.draw(st.integers(1, 4)) for _ in range(n))
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in range(n))
+    padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel)
+    dilation = data.draw(st.integers(1, 2))
+    x = torch.randn(2, CHANNELS, *size) if batched else torch.randn(CHANNELS, *size)
+    try:
+        expected = _NATIVE_MAX[n](kernel, stride, padding, dilation, ceil_mode=ceil_mode)(x).shape
+    except RuntimeError:
+        expected = None
+    pool = build_form(name, n, False, kernel, stride, padding, dilation, ceil_mode).eval()
+    if expected is None:
+        with pytest.raises(ValueError):
+            pool(x)
+    else:
+        assert pool(x).shape == expected
+
+
 @pytest.mark.parametrize("name", ADAPTIVE_POOLS)
 @pytest.mark.parametrize("spatial_dims", [1, 2, 3])
 def test_adaptive_shape_parity_with_torch(name, spatial_dims):
