@@ -730,6 +730,13 @@ def test_form_errors_name_the_problem(name, form):
         module(torch.ones(1, CHANNELS, *(6,) * dims, dtype=torch.int64))
     with pytest.raises(ValueError, match="channels"):
         module(torch.randn(1, CHANNELS + 1, *(6,) * dims))
+    twin = poolkit.functional.functional_for(name, dims, adaptive)
+    with pytest.raises(ValueError, match=f"{twin.__name__} expects a {dims + 2}-D"):
+        twin(
+            torch.randn(1, CHANNELS, *(6,) * (dims + 1)),
+            **_functional_args(module, form),
+            **module.functional_kwargs(),
+        )
     if adaptive:
         with pytest.raises(ValueError, match="output_size must be"):
             build_form(name, dims, True, output_size=(2,) * (dims + 1))
@@ -750,6 +757,16 @@ def test_registry_lists_the_forms_of_every_method():
         for form in forms:
             dims, adaptive = int(form[-2]), form.startswith("adaptive")
             assert poolkit.functional.functional_for(name, dims, adaptive).__name__.endswith(f"{dims}d")
+
+
+def test_twin_errors_name_the_twin_and_the_forms_shapes():
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"gated_pool1d: weight must be \(1, 3, 1\)"):
+        poolkit.functional.gated_pool1d(x, 2, weight=torch.zeros(1, 3, 1, 1), bias=torch.zeros(1))
+    with pytest.raises(ValueError, match="adaptive_t_max_avg_pool3d: k must be a positive int"):
+        poolkit.functional.adaptive_t_max_avg_pool3d(torch.randn(1, 2, 3, 3, 3), 2, k=0)
+    with pytest.raises(ValueError, match=r"strided_conv_pool3d: weight must be \(C, 1 or C, \*kernel_size\)"):
+        poolkit.functional.strided_conv_pool3d(torch.randn(1, 2, 4, 4, 4), torch.zeros(2, 1, 2, 2), None, 2)
 
 
 def test_forms_refused_with_a_clear_error():
