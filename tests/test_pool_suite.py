@@ -566,6 +566,34 @@ def test_form_shape_parity_with_maxpool_over_a_grid(name, spatial_dims):
                 assert torch.isfinite(y).all(), (name, k, s, p, d, c, size)
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(ALL_POOLS),
+    spatial_dims=st.sampled_from([1, 3]),
+    ceil_mode=st.booleans(),
+    batched=st.booleans(),
+    data=st.data(),
+)
+def test_form_shape_parity_hypothesis(name, spatial_dims, ceil_mode, batched, data):
+    n = spatial_dims
+    size = tuple(data.draw(st.integers(1, 9 if n == 1 else 5)) for _ in range(n))
+    kernel = tuple(data.draw(st.integers(1, 4)) for _ in range(n))
+    stride = tuple(data.draw(st.integers(1, 3)) for _ in range(n))
+    padding = tuple(data.draw(st.integers(0, k // 2)) for k in kernel)
+    dilation = data.draw(st.integers(1, 2))
+    x = torch.randn(2, CHANNELS, *size) if batched else torch.randn(CHANNELS, *size)
+    try:
+        expected = _NATIVE_MAX[n](kernel, stride, padding, dilation, ceil_mode=ceil_mode)(x).shape
+    except RuntimeError:
+        expected = None
+    pool = build_form(name, n, False, kernel, stride, padding, dilation, ceil_mode).eval()
+    if expected is None:
+        with pytest.raises(ValueError):
+            pool(x)
+    else:
+        assert pool(x).shape == expected
+
+
 @pytest.mark.parametrize("name", ADAPTIVE_POOLS)
 @pytest.mark.parametrize("spatial_dims", [1, 2, 3])
 def test_adaptive_shape_parity_with_torch(name, spatial_dims):
@@ -725,6 +753,13 @@ def test_form_errors_name_the_problem(name, form):
         module(torch.ones(1, CHANNELS, *(6,) * dims, dtype=torch.int64))
     with pytest.raises(ValueError, match="channels"):
         module(torch.randn(1, CHANNELS + 1, *(6,) * dims))
+    twin = poolkit.functional.functional_for(name, dims, adaptive)
+    with pytest.raises(ValueError, match=f"{twin.__name__} expects a {dims + 2}-D"):
+        twin(
+            torch.randn(1, CHANNELS, *(6,) * (dims + 1)),
+            **_functional_args(module, form),
+            **module.functional_kwargs(),
+        )
     if adaptive:
         with pytest.raises(ValueError, match="output_size must be"):
             build_form(name, dims, True, output_size=(2,) * (dims + 1))
@@ -747,6 +782,16 @@ def test_registry_lists_the_forms_of_every_method():
             assert poolkit.functional.functional_for(name, dims, adaptive).__name__.endswith(f"{dims}d")
 
 
+def test_twin_errors_name_the_twin_and_the_forms_shapes():
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"gated_pool1d: weight must be \(1, 3, 1\)"):
+        poolkit.functional.gated_pool1d(x, 2, weight=torch.zeros(1, 3, 1, 1), bias=torch.zeros(1))
+    with pytest.raises(ValueError, match="adaptive_t_max_avg_pool3d: k must be a positive int"):
+        poolkit.functional.adaptive_t_max_avg_pool3d(torch.randn(1, 2, 3, 3, 3), 2, k=0)
+    with pytest.raises(ValueError, match=r"strided_conv_pool3d: weight must be \(C, 1 or C, \*kernel_size\)"):
+        poolkit.functional.strided_conv_pool3d(torch.randn(1, 2, 4, 4, 4), torch.zeros(2, 1, 2, 2), None, 2)
+
+
 def test_forms_refused_with_a_clear_error():
     for name in ("strided_conv", "blurmax"):
         with pytest.raises(ValueError, match="no global or adaptive form"):
@@ -759,10 +804,22 @@ def test_forms_refused_with_a_clear_error():
         poolkit.functional.functional_for("blurmax", 3, adaptive=True)
 
 
-@pytest.mark.parametrize("form", FORMS, ids=[f[0] for f in FORMS])
-@pytest.mark.parametrize("name", ["tmaxavg", "attention", "stochastic_mix", "lip", "gem"])
+def _rotating_forms() -> list[tuple[str, tuple[str, int, bool]]]:
+    """Every method once, each on the next form in turn (one without adaptive forms takes a windowed one), so
+    that every method and every form is compiled and exported at a fraction of the full product's cost."""
+    cases = []
+    for turn, name in enumerate(ALL_POOLS):
+        forms = [f for f in FORMS if not f[2] or name in ADAPTIVE_POOLS]
+        cases.append((name, forms[turn % len(forms)]))
+    return cases
+
+
+_COMPILE_CASES = _rotating_forms()
+
+
+@pytest.mark.parametrize(("name", "form"), _COMPILE_CASES, ids=[f"{n}-{f[0]}" for n, f in _COMPILE_CASES])
 def test_form_torch_compile_and_export(name, form):
-    """Full-graph aot_eager compile and torch.export, in eval mode, on a sample of methods for every form."""
+    """Full-graph aot_eager compile and torch.export in eval mode: every method on one of its other forms."""
     torch._dynamo.reset()
     module = perturb(_build_case(name, form)).eval()
     x = _form_input(form[1])

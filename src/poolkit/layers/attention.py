@@ -86,13 +86,14 @@ def attention_pool2d(
         >>> round(y.item(), 6)
         0.152889
     """
-    x, g, finish = prepare(input, "attention_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    name = form.name if form is not None and form.name else "attention_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     if eps < 0:
-        raise ValueError(f"attention_pool2d: eps must be >= 0, got {eps}")
+        raise ValueError(f"{name}: eps must be >= 0, got {eps}")
     ones = (1,) * form_dims(form)
     if weight1.dim() != len(ones) + 2 or weight1.shape[1] != x.shape[1]:
         raise ValueError(
-            f"attention_pool2d: weight1 must be (hidden, {x.shape[1]}, {', '.join(map(str, ones))}) for an "
+            f"{name}: weight1 must be (hidden, {x.shape[1]}, {', '.join(map(str, ones))}) for an "
             f"input of "
             f"{x.shape[1]} channels, got {tuple(weight1.shape)}"
         )
@@ -130,7 +131,8 @@ def soft_pool2d(
         >>> round(soft_pool2d(x, 2).item(), 6)
         0.156239
     """
-    x, g, finish = prepare(input, "soft_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    name = form.name if form is not None and form.name else "soft_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     return finish(_soft(x, g))
 
 
@@ -187,11 +189,12 @@ def lip_pool2d(
         >>> round(y.item(), 6)
         0.15
     """
-    x, g, finish = prepare(input, "lip_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    name = form.name if form is not None and form.name else "lip_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     channels = x.shape[1]
     if conv_weight.dim() != form_dims(form) + 2 or conv_weight.shape[:2] != (channels, channels):
         raise ValueError(
-            f"lip_pool2d: conv_weight must be ({channels}, {channels}, k, ...) with one k per spatial axis "
+            f"{name}: conv_weight must be ({channels}, {channels}, k, ...) with one k per spatial axis "
             f"for an input of {channels} "
             f"channels, got {tuple(conv_weight.shape)}"
         )

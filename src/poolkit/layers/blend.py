@@ -83,8 +83,9 @@ def mixed_pool2d(
         >>> round(mixed_pool2d(x, 2, theta=0.0).item(), 6)   # lambda = 0.5
         0.2
     """
-    x, g, finish = prepare(input, "mixed_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
-    theta = _theta(theta, x, "mixed_pool2d")
+    name = form.name if form is not None and form.name else "mixed_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    theta = _theta(theta, x, name)
     return finish(_blend(x, g, _channel_view(torch.sigmoid(theta), x)))
 
 
@@ -108,12 +109,11 @@ def channel_adaptive_pool2d(
         >>> round(channel_adaptive_pool2d(x, 2, theta=torch.zeros(1)).item(), 6)
         0.2
     """
-    x, g, finish = prepare(
-        input, "channel_adaptive_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
-    )
-    theta = _theta(theta, x, "channel_adaptive_pool2d")
+    name = form.name if form is not None and form.name else "channel_adaptive_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    theta = _theta(theta, x, name)
     if theta.dim() != 1:
-        raise ValueError(f"channel_adaptive_pool2d: theta must have one value per channel ({x.shape[1]},)")
+        raise ValueError(f"{name}: theta must have one value per channel ({x.shape[1]},)")
     return finish(_blend(x, g, _channel_view(torch.sigmoid(theta), x)))
 
 
@@ -146,11 +146,12 @@ def gated_pool2d(
         >>> round(gated_pool2d(x, 2, weight=torch.zeros(1, 1, 1, 1), bias=torch.zeros(1)).item(), 6)
         0.2
     """
-    x, g, finish = prepare(input, "gated_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    name = form.name if form is not None and form.name else "gated_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     expected = (1, x.shape[1], *(1,) * form_dims(form))
     if weight.shape != expected or bias.shape != (1,):
         raise ValueError(
-            f"gated_pool2d: weight must be {expected} and bias (1,) for an input of "
+            f"{name}: weight must be {expected} and bias (1,) for an input of "
             f"{x.shape[1]} channels, got {tuple(weight.shape)} and {tuple(bias.shape)}"
         )
     return finish(_gated(x, g, weight, bias))
@@ -188,11 +189,10 @@ def stochastic_mix_pool2d(
         >>> round(stochastic_mix_pool2d(x, 2, theta=0.0).item(), 6)   # eval: lambda = 0.5
         0.2
     """
-    x, g, finish = prepare(
-        input, "stochastic_mix_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
-    )
-    check_positive(kappa, "kappa", "stochastic_mix_pool2d")
-    theta = _theta(theta, x, "stochastic_mix_pool2d")
+    name = form.name if form is not None and form.name else "stochastic_mix_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    check_positive(kappa, "kappa", name)
+    theta = _theta(theta, x, name)
     return finish(_stochastic_mix(x, g, theta, kappa, training))
 
 

@@ -56,7 +56,8 @@ def max_pool2d(
         >>> max_pool2d(x, 2).item()
         0.25
     """
-    x, g, finish = prepare(input, "max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    name = form.name if form is not None and form.name else "max_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     return finish(window_max(x, g))
 
 
@@ -111,8 +112,9 @@ def avg_pool2d(
         >>> round(avg_pool2d(x, 2, divisor_override=2).item(), 6)
         0.3
     """
-    x, g, finish = prepare(input, "avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
-    _check_avg_options(count_include_pad, divisor_override, g, "avg_pool2d")
+    name = form.name if form is not None and form.name else "avg_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    _check_avg_options(count_include_pad, divisor_override, g, name)
     return finish(_avg(x, g, bool(count_include_pad), divisor_override))
 
 
@@ -146,8 +148,9 @@ def lp_pool2d(
         >>> round(lp_pool2d(x, 2).item(), 6)
         0.339117
     """
-    check_positive(norm_type, "norm_type", "lp_pool2d")
-    x, g, finish = prepare(input, "lp_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
+    name = form.name if form is not None and form.name else "lp_pool2d"
+    check_positive(norm_type, "norm_type", name)
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     return finish(_lp(x, g, norm_type))
 
 
@@ -182,22 +185,19 @@ def strided_conv_pool2d(
         >>> round(strided_conv_pool2d(x, torch.full((1, 1, 2, 2), 0.25), None, 2).item(), 6)
         0.15
     """
-    x, g, finish = prepare(
-        input, "strided_conv_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
-    )
+    name = form.name if form is not None and form.name else "strided_conv_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     channels, n = x.shape[1], form_dims(form)
     assert isinstance(g, PoolGeometry)
     kernel = g.kernel_size[-n:]
     if weight.dim() != n + 2 or tuple(weight.shape[2:]) != kernel or weight.shape[0] != channels:
         raise ValueError(
-            f"strided_conv_pool2d: weight must be (C, 1 or C, *kernel_size) = ({channels}, 1 or {channels}, "
+            f"{name}: weight must be (C, 1 or C, *kernel_size) = ({channels}, 1 or {channels}, "
             f"{', '.join(map(str, kernel))}) for an input of {channels} channels, "
             f"got {tuple(weight.shape)}"
         )
     if weight.shape[1] not in (1, channels):
-        raise ValueError(
-            f"strided_conv_pool2d: weight.shape[1] must be 1 or {channels}, got {weight.shape[1]}"
-        )
+        raise ValueError(f"{name}: weight.shape[1] must be 1 or {channels}, got {weight.shape[1]}")
     groups = channels if weight.shape[1] == 1 else 1
     return finish(_strided_conv(x, g, weight, bias, groups))
 

@@ -86,9 +86,8 @@ def stochastic_pool2d(
         >>> round(stochastic_pool2d(x, 2).item(), 6)   # (0.01 + 0.04 + 0.0025 + 0.0625) / 0.6
         0.191667
     """
-    x, g, finish = prepare(
-        input, "stochastic_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
-    )
+    name = form.name if form is not None and form.name else "stochastic_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
     return finish(_stochastic(x, g, training))
 
 
@@ -121,9 +120,10 @@ def gem_pool2d(
         >>> round(gem_pool2d(x, 2, p=3.0).item(), 6)
         0.183586
     """
-    x, g, finish = prepare(input, "gem_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
-    check_positive(p, "p", "gem_pool2d")
-    check_positive(eps, "eps", "gem_pool2d")
+    name = form.name if form is not None and form.name else "gem_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    check_positive(p, "p", name)
+    check_positive(eps, "eps", name)
     return finish(_gem(x, g, p, eps))
 
 
@@ -194,8 +194,9 @@ def blur_max_pool2d(
         >>> blur_max_pool2d(x, 2).item()   # one window: nothing to blur with
         0.25
     """
-    x, g, finish = prepare(input, "blur_max_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
-    _check_filter_size(filter_size, "blur_max_pool2d")
+    name = form.name if form is not None and form.name else "blur_max_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    _check_filter_size(filter_size, name)
     assert isinstance(g, PoolGeometry)
     return finish(_blur_max(x, g, _binomial_filter(filter_size, form_dims(form))))
 

@@ -81,8 +81,9 @@ def t_max_avg_pool2d(
         >>> round(t_max_avg_pool2d(x, 2, k=2, threshold=0.3).item(), 6)   # T_2 = (0.25 + 0.2) / 2
         0.225
     """
-    x, g, finish = prepare(input, "t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form)
-    check_k(k, adaptive_limit(g, form), "t_max_avg_pool2d")
+    name = form.name if form is not None and form.name else "t_max_avg_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    check_k(k, adaptive_limit(g, form), name)
     return finish(_t_max_avg(x, g, k, threshold))
 
 
@@ -108,12 +109,11 @@ def soft_t_max_avg_pool2d(
         >>> round(soft_t_max_avg_pool2d(x, 2).item(), 6)   # alpha = sigmoid(-0.5) = 0.377541
         0.187754
     """
-    x, g, finish = prepare(
-        input, "soft_t_max_avg_pool2d", kernel_size, stride, padding, dilation, ceil_mode, form
-    )
-    check_k(k, adaptive_limit(g, form), "soft_t_max_avg_pool2d")
-    check_positive(tau, "tau", "soft_t_max_avg_pool2d")
-    t = channel_param(threshold, x, "threshold", "soft_t_max_avg_pool2d")
+    name = form.name if form is not None and form.name else "soft_t_max_avg_pool2d"
+    x, g, finish = prepare(input, name, kernel_size, stride, padding, dilation, ceil_mode, form)
+    check_k(k, adaptive_limit(g, form), name)
+    check_positive(tau, "tau", name)
+    t = channel_param(threshold, x, "threshold", name)
     return finish(_soft_t_max_avg(x, g, k, t, tau))
 
 
@@ -139,10 +139,9 @@ def learnable_t_pool2d(
         >>> round(learnable_t_pool2d(x, 2, threshold=torch.tensor(0.3)).item(), 6)
         0.187754
     """
+    name = form.name if form is not None and form.name else "learnable_t_pool2d"
     if not isinstance(threshold, Tensor):
-        raise ValueError(
-            "learnable_t_pool2d: threshold must be a tensor (use soft_t_max_avg_pool2d for a float)"
-        )
+        raise ValueError(f"{name}: threshold must be a tensor (use soft_t_max_avg_pool2d for a float)")
     return soft_t_max_avg_pool2d(
         input, kernel_size, stride, padding, dilation, ceil_mode, k=k, threshold=threshold, tau=tau, form=form
     )
