@@ -114,9 +114,12 @@ def test_heartbeats_refresh_the_lock_and_a_takeover_is_noticed(tmp_path: Path) -
     later = read_lock(run)
     assert first is not None and later is not None
     assert later.heartbeat > first.heartbeat and later.token == first.token and not lock.lost
-    foreign_lock(run, age=0.0, host="another-node")  # someone judged it stale and took it
+    # Someone judged it stale and took it. A heartbeat that read its own token just before may still
+    # overwrite one write of the takeover (RunLock._refresh reads, then writes), so the taker writes until
+    # the holder notices, as a real taker's own heartbeats would keep doing.
     deadline = time.monotonic() + 5
     while not lock.lost and time.monotonic() < deadline:
+        foreign_lock(run, age=0.0, host="another-node")
         time.sleep(0.02)
     assert lock.lost
     lock.release()
