@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from poolkit.layers.base import Pool2d, Size2, channel_param, check_k, check_positive, prepare
-from poolkit.layers.fused import window_max_mean, window_topk_mean_fused
-from poolkit.layers.windows import PoolGeometry, restore, window_max
+from poolkit.layers.fused import window_max_topk_mean
+from poolkit.layers.windows import PoolGeometry, restore
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -26,10 +26,8 @@ __all__ = [
 
 
 def _max_and_topk_mean(x: Tensor, g: PoolGeometry, k: int) -> tuple[Tensor, Tensor]:
-    """M and T_K; with K covering the window T_K is the mean A, and both come from one fused pass."""
-    if k >= g.area:
-        return window_max_mean(x, g)
-    return window_max(x, g), window_topk_mean_fused(x, g, k)
+    """M and T_K, from one pass where the fused kernels allow it (K covering the window gives A)."""
+    return window_max_topk_mean(x, g, k)
 
 
 def _t_max_avg(x: Tensor, g: PoolGeometry, k: int, threshold: Tensor | float) -> Tensor:

@@ -1,0 +1,220 @@
+"""The window statistics as PyTorch custom operators: one operator forward, one backward, fake kernels too.
+
+Two operators, each computing several statistics of the same windows in one pass over the input:
+
+* ``poolkit::window_max_mean(x, kernel, stride, padding, dilation, out_size) -> (M, A, index)``:
+  ``M = max_R x`` and ``A = sum_R x / n`` over each window's real cells R (n = |R|, padding never wins the
+  maximum and never counts), and the int32 position ``th * kw + tw`` of the window's first maximum in
+  row-major order (``max_pool2d``'s tie rule; a NaN wins). Backward:
+  ``dx_i = sum over windows w containing i of (gM_w [i = index_w] + gA_w / n_w)``. Saved for backward: the
+  index only (int32, output-sized), against ``max_pool2d``'s input and int64 indices.
+* ``poolkit::window_max_topk_mean(x, k, ...) -> (M, T, index, kth, tie)``: M and its index as above and
+  ``T = (1/K) sum of the K largest cells`` (``1 < K``, every window with at least K real cells); ``kth`` is
+  the K-th largest value t and ``tie = (K - #{x > t}) / (K #{x = t})``. Backward: gM to the first maximum,
+  ``gT / K`` to every cell above t and ``gT * tie`` to every cell equal to it (the cells equal to t share the
+  ``K - #above`` remaining places equally). Saved: the input, the index, kth and tie.
+
+Shapes: x (N, C, H, W) -> outputs (N, C, H_out, W_out) with ``out_size = (H_out, W_out)`` from
+:meth:`poolkit.layers.windows.PoolGeometry.output_size`; outputs are channels_last when x is (the rule of
+:func:`memory_format`), float outputs in x's dtype, ``tie`` in float32 (float64 for float64 inputs).
+
+The CPU implementation is the C++ of ``window_stats.cpp`` (:mod:`poolkit.kernels.build`); other devices
+have none, so callers check :func:`poolkit.kernels.build.cpu_kernels_available` and the device first.
+``torch.compile(fullgraph=True)`` and ``torch.export`` see each operator as one node.
+
+Example:
+    >>> from poolkit.kernels.build import cpu_kernels_available
+    >>> x = torch.tensor([[[[1.0, 2.0], [3.0, 6.0]]]])
+    >>> if cpu_kernels_available():
+    ...     m, a, index = torch.ops.poolkit.window_max_mean(x, [2, 2], [2, 2], [0, 0], [1, 1], [1, 1])
+    ...     print(m.item(), a.item(), index.item())
+    ... else:
+    ...     print(6.0, 3.0, 3)
+    6.0 3.0 3
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["memory_format", "window_max_mean_op", "window_max_topk_mean_op"]
+
+
+def memory_format(x: Tensor) -> torch.memory_format:
+    """channels_last only when it is x's layout (C > 1, not NCHW-contiguous, channels_last-contiguous).
+
+    The C++ kernels apply the same rule (``use_channels_last`` in window_stats.cpp).
+    """
+    if x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def _empty(x: Tensor, size: Sequence[int], dtype: torch.dtype | None = None) -> Tensor:
+    shape = (x.shape[0], x.shape[1], *size)
+    return torch.empty(shape, dtype=dtype or x.dtype, device=x.device, memory_format=memory_format(x))
+
+
+def _empty_in(like: Tensor, size: Sequence[int], dtype: torch.dtype, channels_last: bool) -> Tensor:
+    """An input-sized (N, C, *size) tensor in the given layout."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(
+        (like.shape[0], like.shape[1], *size), dtype=dtype, device=like.device, memory_format=fmt
+    )
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ------------------------------------------------------------------------------------------- max and mean
+
+
+@torch.library.custom_op("poolkit::window_max_mean", mutates_args=(), device_types="cpu")
+def window_max_mean_op(
+    x: Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(M, A, index) of every window; see the module docstring."""
+    m, a, index = torch.ops.poolkit_cpu.max_mean_forward(x, kernel, stride, padding, dilation, out_size)
+    return m, a, index
+
+
+@window_max_mean_op.register_fake
+def _(x: Tensor, kernel: Any, stride: Any, padding: Any, dilation: Any, out_size: Sequence[int]) -> Any:
+    return _empty(x, out_size), _empty(x, out_size), _empty(x, out_size, torch.int32)
+
+
+@torch.library.custom_op("poolkit::window_max_mean_backward", mutates_args=(), device_types="cpu")
+def window_max_mean_backward_op(
+    grad_m: Tensor,
+    grad_a: Tensor,
+    index: Tensor,
+    in_size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_max_mean_op`, written once (each cell gathers its windows).
+
+    ``channels_last``: the layout of the forward input (an output of 1x1 windows cannot tell it).
+    """
+    grad: Tensor = torch.ops.poolkit_cpu.max_mean_backward(
+        grad_m, grad_a, index, in_size, kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_max_mean_backward_op.register_fake
+def _(grad_m: Tensor, grad_a: Tensor, index: Tensor, in_size: Sequence[int], *args: Any) -> Tensor:
+    return _empty_in(index, in_size, grad_m.dtype, channels_last=args[-1])
+
+
+def _setup_max_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor, Tensor]) -> None:
+    x, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(output[2])
+    ctx.in_size = tuple(x.shape[-2:])
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+    ctx.dtype = x.dtype
+
+
+def _grad_or_zeros(grad: Tensor | None, like: Tensor, dtype: torch.dtype) -> Tensor:
+    if grad is None:
+        return torch.zeros(like.shape, dtype=dtype, device=like.device)
+    return grad.to(dtype)
+
+
+def _backward_max_mean(ctx: Any, grad_m: Tensor | None, grad_a: Tensor | None, _: Any) -> tuple[Any, ...]:
+    (index,) = ctx.saved_tensors
+    grad_m = _grad_or_zeros(grad_m, index, ctx.dtype)
+    grad_a = _grad_or_zeros(grad_a, index, ctx.dtype)
+    grad = window_max_mean_backward_op(grad_m, grad_a, index, ctx.in_size, *ctx.geometry)
+    return grad, None, None, None, None, None
+
+
+window_max_mean_op.register_autograd(_backward_max_mean, setup_context=_setup_max_mean)
+
+
+# ----------------------------------------------------------------------------------------- max and top-K
+
+
+@torch.library.custom_op("poolkit::window_max_topk_mean", mutates_args=(), device_types="cpu")
+def window_max_topk_mean_op(
+    x: Tensor,
+    k: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(M, T_K, index, kth, tie) of every window; see the module docstring."""
+    outputs = torch.ops.poolkit_cpu.max_topk_forward(x, k, kernel, stride, padding, dilation, out_size)
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+@window_max_topk_mean_op.register_fake
+def _(x: Tensor, k: int, kernel: Any, stride: Any, padding: Any, dilation: Any, out_size: Any) -> Any:
+    return (
+        _empty(x, out_size),
+        _empty(x, out_size),
+        _empty(x, out_size, torch.int32),
+        _empty(x, out_size),
+        _empty(x, out_size, _accumulate_dtype(x.dtype)),
+    )
+
+
+@torch.library.custom_op("poolkit::window_max_topk_mean_backward", mutates_args=(), device_types="cpu")
+def window_max_topk_mean_backward_op(
+    grad_m: Tensor,
+    grad_t: Tensor,
+    x: Tensor,
+    index: Tensor,
+    kth: Tensor,
+    tie: Tensor,
+    k: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_max_topk_mean_op`, written once (``channels_last``: x's layout)."""
+    grad: Tensor = torch.ops.poolkit_cpu.max_topk_backward(
+        grad_m, grad_t, x, index, kth, tie, k, kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_max_topk_mean_backward_op.register_fake
+def _(grad_m: Tensor, grad_t: Tensor, x: Tensor, index: Tensor, *args: Any) -> Tensor:
+    return _empty_in(x, x.shape[-2:], grad_m.dtype, channels_last=args[-1])
+
+
+def _setup_max_topk(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, k, kernel, stride, padding, dilation, _ = inputs
+    _, _, index, kth, tie = output
+    ctx.save_for_backward(x, index, kth, tie)
+    ctx.k = k
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_max_topk(ctx: Any, grad_m: Tensor | None, grad_t: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, index, kth, tie = ctx.saved_tensors
+    grad_m = _grad_or_zeros(grad_m, index, x.dtype)
+    grad_t = _grad_or_zeros(grad_t, index, x.dtype)
+    grad = window_max_topk_mean_backward_op(grad_m, grad_t, x, index, kth, tie, ctx.k, *ctx.geometry)
+    return grad, None, None, None, None, None, None
+
+
+window_max_topk_mean_op.register_autograd(_backward_max_topk, setup_context=_setup_max_topk)
