@@ -47,7 +47,7 @@ __all__ = ["memory_format", "window_max_mean_op", "window_max_topk_mean_op"]
 def memory_format(x: Tensor) -> torch.memory_format:
     """channels_last only when it is x's layout (C > 1, not NCHW-contiguous, channels_last-contiguous).
 
-    The C++ kernels apply the same rule (``use_channels_last`` in window_stats.cpp).
+    The C++ kernels apply the same rule (``layout_of`` in window_stats.cpp).
     """
     if x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last

@@ -23,6 +23,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -32,13 +33,22 @@ namespace {
 
 using at::Tensor;
 
-// One axis of the windows: for each output, its real taps; for each input, the (output, tap) pairs that read it.
+// One axis of the windows. Per output o: its real taps t (input o * stride - pad + t * dilation inside
+// [0, size)); per tap t: the interval [lo, hi) of outputs for which it is real; per input i: the
+// (output, tap) pairs that read it (CSR).
 struct Axis {
   int64_t size = 0, out = 0, kernel = 0, stride = 0, pad = 0, dilation = 0;
-  std::vector<int64_t> count;         // real cells per output
-  std::vector<int64_t> first;         // first real tap per output (kernel when none)
-  std::vector<int64_t> offsets;       // CSR over inputs: entries offsets[i] .. offsets[i+1]
-  std::vector<int64_t> outs, taps;    // (output, tap) of each entry
+  std::vector<int64_t> count;       // real cells per output
+  std::vector<int64_t> first;       // first real tap per output (kernel when none)
+  std::vector<int64_t> lo, hi;      // per tap: outputs [lo, hi) where it is real
+  std::vector<int64_t> offsets;     // CSR over inputs: entries offsets[i] .. offsets[i+1]
+  std::vector<int64_t> outs, taps;  // (output, tap) of each entry
+
+  int64_t input(int64_t o, int64_t t) const { return o * stride - pad + t * dilation; }
+  bool real(int64_t o, int64_t t) const {
+    const int64_t i = input(o, t);
+    return i >= 0 && i < size;
+  }
 };
 
 Axis make_axis(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
@@ -46,15 +56,25 @@ Axis make_axis(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_
   a.size = size, a.out = out, a.kernel = kernel, a.stride = stride, a.pad = pad, a.dilation = dilation;
   a.count.assign(out, 0);
   a.first.assign(out, kernel);
+  a.lo.assign(kernel, 0);
+  a.hi.assign(kernel, 0);
   std::vector<int64_t> per_input(size, 0);
+  for (int64_t t = 0; t < kernel; ++t) {
+    bool seen = false;
+    for (int64_t o = 0; o < out; ++o) {
+      if (!a.real(o, t)) continue;
+      if (!seen) a.lo[t] = o;
+      seen = true;
+      a.hi[t] = o + 1;  // the real outputs of a tap form one interval
+    }
+    if (!seen) a.lo[t] = a.hi[t] = 0;
+  }
   for (int64_t o = 0; o < out; ++o) {
     for (int64_t t = 0; t < kernel; ++t) {
-      const int64_t i = o * stride - pad + t * dilation;
-      if (i >= 0 && i < size) {
-        if (a.count[o] == 0) a.first[o] = t;
-        ++a.count[o];
-        ++per_input[i];
-      }
+      if (!a.real(o, t)) continue;
+      if (a.count[o] == 0) a.first[o] = t;
+      ++a.count[o];
+      ++per_input[a.input(o, t)];
     }
   }
   a.offsets.assign(size + 1, 0);
@@ -64,12 +84,11 @@ Axis make_axis(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_
   std::vector<int64_t> fill(a.offsets.begin(), a.offsets.end() - 1);
   for (int64_t o = 0; o < out; ++o) {
     for (int64_t t = 0; t < kernel; ++t) {
-      const int64_t i = o * stride - pad + t * dilation;
-      if (i >= 0 && i < size) {
-        a.outs[fill[i]] = o;
-        a.taps[fill[i]] = t;
-        ++fill[i];
-      }
+      if (!a.real(o, t)) continue;
+      const int64_t i = a.input(o, t);
+      a.outs[fill[i]] = o;
+      a.taps[fill[i]] = t;
+      ++fill[i];
     }
   }
   return a;
@@ -78,6 +97,7 @@ Axis make_axis(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_
 struct Geometry {
   Axis h, w;
   int64_t kw() const { return w.kernel; }
+  int32_t first_cell(int64_t oh, int64_t ow) const { return static_cast<int32_t>(h.first[oh] * w.kernel + w.first[ow]); }
 };
 
 Geometry make_geometry(const Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
@@ -92,13 +112,16 @@ Geometry make_geometry(const Tensor& x, at::IntArrayRef kernel, at::IntArrayRef 
   return g;
 }
 
-// The layout rule of poolkit.layers.fused._memory_format: channels_last only when it is the input's layout.
-bool use_channels_last(const Tensor& x) {
-  return x.size(1) > 1 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+// The layout rule of poolkit.kernels.ops.memory_format: channels_last only when it is the input's layout.
+at::MemoryFormat layout_of(const Tensor& x) {
+  const bool cl = x.size(1) > 1 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-at::MemoryFormat layout_of(const Tensor& x) {
-  return use_channels_last(x) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+// The backward kernels take the forward input's layout as an argument: an output of one cell per channel
+// (H_out = W_out = 1) is contiguous in both layouts and cannot tell.
+at::MemoryFormat layout_flag(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 // Per output cell of a plane: 1 / (number of real cells of its window), in the arithmetic type.
@@ -113,98 +136,97 @@ std::vector<acc_t> inverse_counts(const Geometry& g) {
   return inv;
 }
 
-template <typename acc_t>
-inline bool takes_max(acc_t v, acc_t best) {
-  return v > best || std::isnan(v);  // max_pool2d's rule: first strict maximum, a NaN always wins
-}
-
 int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
 }
 
+// The loops below run over a "line" of L outputs that share a window row and differ along one dimension:
+// NCHW: the W_out outputs of one output row (input read with stride sw); channels_last: the C channels of
+// one output position (input read with stride 1). Each window tap is one pass over the line with no
+// branch, which the compiler vectorises.
+struct Line {
+  bool cl;
+  int64_t n = 0, plane = 0, oh = 0, ow = 0;  // cl: (n, oh, ow); NCHW: (plane, oh)
+};
+
+// Calls visit(cell, tap_input_pointer_offset, step, first output of the line, count) for every real tap
+// of the line's windows, in row-major tap order.
+template <typename Visit>
+inline void for_each_tap(const Geometry& g, const Line& line, int64_t C, Visit&& visit) {
+  const int64_t H = g.h.size, W = g.w.size, kw = g.kw();
+  for (int64_t th = 0; th < g.h.kernel; ++th) {
+    if (!g.h.real(line.oh, th)) continue;
+    const int64_t ih = g.h.input(line.oh, th);
+    for (int64_t tw = 0; tw < kw; ++tw) {
+      const int32_t cell = static_cast<int32_t>(th * kw + tw);
+      if (line.cl) {
+        if (!g.w.real(line.ow, tw)) continue;
+        visit(cell, ((line.n * H + ih) * W + g.w.input(line.ow, tw)) * C, int64_t(1), int64_t(0), C);
+      } else {
+        const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw];
+        if (hi <= lo) continue;
+        visit(cell, (line.plane * H + ih) * W + g.w.input(lo, tw), g.w.stride, lo, hi - lo);
+      }
+    }
+  }
+}
+
+Line line_of(bool cl, int64_t r, const Geometry& g) {
+  Line line{cl};
+  if (cl) {
+    line.n = r / (g.h.out * g.w.out), line.oh = (r / g.w.out) % g.h.out, line.ow = r % g.w.out;
+  } else {
+    line.plane = r / g.h.out, line.oh = r % g.h.out;
+  }
+  return line;
+}
+
 // ------------------------------------------------------------------------------------------- max and mean
+
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void max_mean_step(const scalar_t* src, int64_t step, int64_t n, int32_t cell, acc_t* __restrict best,
+                          acc_t* __restrict sum, int32_t* __restrict where) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    const bool take = v > best[j] || v != v;  // max_pool2d's rule: first strict maximum, a NaN always wins
+    best[j] = take ? v : best[j];
+    where[j] = take ? cell : where[j];
+    sum[j] += v;
+  }
+}
 
 template <typename scalar_t>
 void max_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, Tensor& m, Tensor& a, Tensor& idx) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
-  const int64_t kw = g.kw();
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* mp = m.mutable_data_ptr<scalar_t>();
   scalar_t* ap = a.mutable_data_ptr<scalar_t>();
   int32_t* ip = idx.mutable_data_ptr<int32_t>();
   const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
-  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
-  if (!cl) {
-    at::parallel_for(0, N * C * OH, grain(OW * g.h.kernel * kw), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t plane = r / OH, oh = r % OH;
-        const scalar_t* src = xp + plane * H * W;
-        const int64_t out_base = plane * OH * OW + oh * OW;
-        for (int64_t ow = 0; ow < OW; ++ow) {
-          acc_t best = neg_inf, sum = 0;
-          int32_t where = static_cast<int32_t>(g.h.first[oh] * kw + g.w.first[ow]);
-          for (int64_t th = g.h.first[oh]; th < g.h.kernel; ++th) {
-            const int64_t ih = oh * g.h.stride - g.h.pad + th * g.h.dilation;
-            if (ih < 0 || ih >= H) continue;
-            for (int64_t tw = g.w.first[ow]; tw < kw; ++tw) {
-              const int64_t iw = ow * g.w.stride - g.w.pad + tw * g.w.dilation;
-              if (iw < 0 || iw >= W) continue;
-              const acc_t v = static_cast<acc_t>(src[ih * W + iw]);
-              if (takes_max(v, best)) {
-                best = v;
-                where = static_cast<int32_t>(th * kw + tw);
-              }
-              sum += v;
-            }
-          }
-          mp[out_base + ow] = static_cast<scalar_t>(best);
-          ap[out_base + ow] = static_cast<scalar_t>(sum * inv[oh * OW + ow]);
-          ip[out_base + ow] = where;
-        }
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, N * OH * OW, grain(C * g.h.kernel * kw), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> best(C), sum(C);
-    std::vector<int32_t> where(C);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> best(L), sum(L);
+    std::vector<int32_t> where(L);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (OH * OW), oh = (r / OW) % OH, ow = r % OW;
-      const int32_t first = static_cast<int32_t>(g.h.first[oh] * kw + g.w.first[ow]);
-      for (int64_t c = 0; c < C; ++c) {
-        best[c] = neg_inf;
-        sum[c] = 0;
-        where[c] = first;
+      const Line line = line_of(cl, r, g);
+      for (int64_t j = 0; j < L; ++j) {
+        best[j] = -std::numeric_limits<acc_t>::infinity();
+        sum[j] = 0;
+        where[j] = g.first_cell(line.oh, cl ? line.ow : j);
       }
-      for (int64_t th = g.h.first[oh]; th < g.h.kernel; ++th) {
-        const int64_t ih = oh * g.h.stride - g.h.pad + th * g.h.dilation;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t tw = g.w.first[ow]; tw < kw; ++tw) {
-          const int64_t iw = ow * g.w.stride - g.w.pad + tw * g.w.dilation;
-          if (iw < 0 || iw >= W) continue;
-          const scalar_t* src = xp + ((n * H + ih) * W + iw) * C;
-          const int32_t cell = static_cast<int32_t>(th * kw + tw);
-          acc_t* b = best.data();
-          acc_t* s = sum.data();
-          int32_t* wh = where.data();
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t v = static_cast<acc_t>(src[c]);
-            const bool take = v > b[c] || v != v;
-            b[c] = take ? v : b[c];
-            wh[c] = take ? cell : wh[c];
-            s[c] += v;
-          }
+      for_each_tap(g, line, C, [&](int32_t cell, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          max_mean_step<true>(xp + offset, 1, n, cell, best.data() + lo, sum.data() + lo, where.data() + lo);
+        } else {
+          max_mean_step<false>(xp + offset, step, n, cell, best.data() + lo, sum.data() + lo, where.data() + lo);
         }
-      }
-      const acc_t scale = inv[oh * OW + ow];
-      scalar_t* mo = mp + r * C;
-      scalar_t* ao = ap + r * C;
-      int32_t* io = ip + r * C;
-      for (int64_t c = 0; c < C; ++c) {
-        mo[c] = static_cast<scalar_t>(best[c]);
-        ao[c] = static_cast<scalar_t>(sum[c] * scale);
-        io[c] = where[c];
+      });
+      const int64_t out = r * L;  // NCHW: (plane * OH + oh) * OW; channels_last: ((n * OH + oh) * OW + ow) * C
+      for (int64_t j = 0; j < L; ++j) {
+        mp[out + j] = static_cast<scalar_t>(best[j]);
+        ap[out + j] = static_cast<scalar_t>(sum[j] * inv[line.oh * OW + (cl ? line.ow : j)]);
+        ip[out + j] = where[j];
       }
     }
   });
@@ -226,8 +248,29 @@ std::tuple<Tensor, Tensor, Tensor> max_mean_forward(const Tensor& input, at::Int
   return {m, a, idx};
 }
 
+// The gradient that one window passes to one of its cells: gM if the cell is the window's first maximum,
+// plus gA / n. Branch-free (every operand loaded, a select instead of a jump): which cell holds the maximum
+// is data, and a mispredicted branch per cell costs more than the arithmetic.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t grad_of_cell(int32_t index, int32_t cell, scalar_t grad_m, scalar_t grad_a, acc_t inv_count) {
+  const acc_t gm = static_cast<acc_t>(grad_m);
+  return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_a) * inv_count;
+}
+
+// The gradient that one window passes to one of its cells of value v for (M, T_K): gM if the cell is the
+// first maximum; gT / K if v is above the K-th largest value, gT * tie if equal to it. Branch-free.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t topk_grad_of_cell(int32_t index, int32_t cell, scalar_t grad_m, scalar_t grad_t, scalar_t value,
+                               scalar_t kth, acc_t tie, acc_t inv_k) {
+  const acc_t gm = static_cast<acc_t>(grad_m), v = static_cast<acc_t>(value), t = static_cast<acc_t>(kth);
+  const acc_t share = v > t ? inv_k : acc_t(0);
+  const acc_t tied = v == t ? tie : acc_t(0);
+  return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_t) * (share + tied);
+}
+
 // Input gradient of (M, A): cell (ih, iw) of a window gets gM where it is the window's first maximum, plus
-// gA / n of every window that contains it.
+// gA / n of every window that contains it. NCHW: each thread owns whole input rows and adds every window
+// tap that reads the row into a row buffer; channels_last: each input position gathers its windows.
 template <typename scalar_t>
 void max_mean_backward_impl(const Tensor& gm, const Tensor& ga, const Tensor& idx, const Geometry& g, bool cl,
                             Tensor& gx) {
@@ -239,60 +282,46 @@ void max_mean_backward_impl(const Tensor& gm, const Tensor& ga, const Tensor& id
   const int32_t* ip = idx.const_data_ptr<int32_t>();
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();
   const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
-  if (!cl) {
-    at::parallel_for(0, N * C * H, grain(W * 4), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 4), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
         const int64_t plane = r / H, ih = r % H;
-        const int64_t base = plane * OH * OW;
-        for (int64_t iw = 0; iw < W; ++iw) {
-          acc_t total = 0;
-          for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-            const int64_t oh = g.h.outs[e], th = g.h.taps[e];
-            for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-              const int64_t o = oh * OW + g.w.outs[f];
-              const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
-              if (ip[base + o] == cell) total += static_cast<acc_t>(gmp[base + o]);
-              total += static_cast<acc_t>(gap[base + o]) * inv[o];
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < kw; ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            const int32_t cell = static_cast<int32_t>(th * kw + tw);
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              dst[(o - lo) * sw] += grad_of_cell(ip[row + o], cell, gmp[row + o], gap[row + o], inv[oh * OW + o]);
             }
           }
-          out[r * W + iw] = static_cast<scalar_t>(total);
         }
-      }
-    });
-    return;
-  }
-  at::parallel_for(0, N * H * W, grain(C * 4), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> total(C);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
-      acc_t* t = total.data();
-      for (int64_t c = 0; c < C; ++c) t[c] = 0;
-      for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-        const int64_t oh = g.h.outs[e], th = g.h.taps[e];
-        for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-          const int64_t o = oh * OW + g.w.outs[f];
-          const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
-          const acc_t scale = inv[o];
-          const int64_t at_o = (n * OH * OW + o) * C;
-          const scalar_t* gmo = gmp + at_o;
-          const scalar_t* gao = gap + at_o;
-          const int32_t* io = ip + at_o;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t hit = io[c] == cell ? static_cast<acc_t>(gmo[c]) : acc_t(0);
-            t[c] += hit + static_cast<acc_t>(gao[c]) * scale;
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = oh * OW + g.w.outs[f];
+            const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
+            const acc_t scale = inv[o];
+            const int64_t at_o = (n * OH * OW + o) * C;
+            const scalar_t* __restrict gmo = gmp + at_o;
+            const scalar_t* __restrict gao = gap + at_o;
+            const int32_t* __restrict io = ip + at_o;
+            for (int64_t c = 0; c < C; ++c) t[c] += grad_of_cell(io[c], cell, gmo[c], gao[c], scale);
           }
         }
       }
-      scalar_t* dst = out + r * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<scalar_t>(t[c]);
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<scalar_t>(t[j]);
     }
   });
-}
-
-// The backward kernels take the forward input's layout as an argument: an output of one cell per channel
-// (H_out = W_out = 1) is contiguous in both layouts and cannot tell.
-at::MemoryFormat layout_flag(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
 Tensor max_mean_backward(const Tensor& grad_m, const Tensor& grad_a, const Tensor& idx, at::IntArrayRef in_size,
@@ -312,100 +341,74 @@ Tensor max_mean_backward(const Tensor& grad_m, const Tensor& grad_a, const Tenso
 
 // ----------------------------------------------------------------------------------------- max and top-K
 
-// Sorted insertion of v into top[0] >= ... >= top[k-1] for every level at once (top[l] takes
-// max(top[l], min(top[l-1], v)), lowest level first so that each level reads the old value above it).
+// One tap of the windows of a line: the values v enter the sorted lists top[0] >= ... >= top[k-1] (level l
+// of output j at top[l * L + j]) as top[l] <- max(top[l], min(top[l-1], v)), lowest level first so that each
+// level reads the old value above it; level 0 is the running maximum with max_pool2d's rule and index.
 template <typename acc_t>
-inline void insert_sorted(acc_t* top, int64_t k, int64_t step, acc_t v) {
+inline void topk_step(const acc_t* __restrict v, int64_t n, int64_t k, int64_t L, int32_t cell,
+                      acc_t* __restrict top, int32_t* __restrict where) {
   for (int64_t l = k - 1; l > 0; --l) {
-    const acc_t above = top[(l - 1) * step];
-    const acc_t entering = above < v ? above : v;
-    top[l * step] = top[l * step] > entering ? top[l * step] : entering;
+    acc_t* __restrict level = top + l * L;
+    const acc_t* __restrict above = top + (l - 1) * L;
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t entering = above[j] < v[j] ? above[j] : v[j];
+      level[j] = level[j] > entering ? level[j] : entering;
+    }
   }
-  top[0] = top[0] > v ? top[0] : v;
+  for (int64_t j = 0; j < n; ++j) {
+    const bool take = v[j] > top[j] || v[j] != v[j];
+    top[j] = take ? v[j] : top[j];
+    where[j] = take ? cell : where[j];
+  }
 }
 
 template <typename scalar_t>
 void max_topk_forward_impl(const Tensor& x, const Geometry& g, int64_t k, bool cl, Tensor& m, Tensor& t,
                            Tensor& idx, Tensor& kth, Tensor& tie) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
-  const int64_t kw = g.kw();
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* mp = m.mutable_data_ptr<scalar_t>();
   scalar_t* tp = t.mutable_data_ptr<scalar_t>();
   int32_t* ip = idx.mutable_data_ptr<int32_t>();
   scalar_t* kp = kth.mutable_data_ptr<scalar_t>();
   acc_t* sp = tie.mutable_data_ptr<acc_t>();
-  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   const acc_t inv_k = acc_t(1) / acc_t(k);
-  // Channel block of the channels_last loops: C when NCHW (one channel at a time, stride 1).
-  const int64_t block = cl ? C : 1;
-  const int64_t rows = cl ? N * OH * OW : N * C * OH * OW;
-  at::parallel_for(0, rows, grain(block * g.h.kernel * kw * k), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> top(k * block), above(block), equal(block);
-    std::vector<int32_t> where(block);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * k), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> top(k * L), values(L), above(L), equal(L);
+    std::vector<int32_t> where(L);
     for (int64_t r = begin; r < end; ++r) {
-      int64_t n, plane, oh, ow;
-      if (cl) {
-        n = r / (OH * OW), oh = (r / OW) % OH, ow = r % OW, plane = 0;
-      } else {
-        plane = r / (OH * OW), oh = (r / OW) % OH, ow = r % OW, n = 0;
-      }
-      // Element (cell at (ih, iw), channel c) of this window: src(ih, iw)[c].
-      auto src = [&](int64_t ih, int64_t iw) -> const scalar_t* {
-        return cl ? xp + ((n * H + ih) * W + iw) * C : xp + plane * H * W + ih * W + iw;
-      };
-      const int32_t first = static_cast<int32_t>(g.h.first[oh] * kw + g.w.first[ow]);
-      std::fill(top.begin(), top.end(), neg_inf);
-      std::fill(where.begin(), where.end(), first);
-      for (int64_t th = g.h.first[oh]; th < g.h.kernel; ++th) {
-        const int64_t ih = oh * g.h.stride - g.h.pad + th * g.h.dilation;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t tw = g.w.first[ow]; tw < kw; ++tw) {
-          const int64_t iw = ow * g.w.stride - g.w.pad + tw * g.w.dilation;
-          if (iw < 0 || iw >= W) continue;
-          const scalar_t* s = src(ih, iw);
-          const int32_t cell = static_cast<int32_t>(th * kw + tw);
-          for (int64_t c = 0; c < block; ++c) {
-            const acc_t v = static_cast<acc_t>(s[c]);
-            const bool take = v > top[c] || v != v;  // top[c] is level 0: the running maximum
-            where[c] = take ? cell : where[c];
-            if (v != v) {
-              top[c] = v;  // a NaN is the maximum, as in max_pool2d
-            } else {
-              insert_sorted(top.data() + c, k, block, v);
-            }
-          }
-        }
-      }
-      // Count the cells above and equal to the K-th largest value t: the cells equal to t share the
+      const Line line = line_of(cl, r, g);
+      std::fill(top.begin(), top.end(), -std::numeric_limits<acc_t>::infinity());
+      for (int64_t j = 0; j < L; ++j) where[j] = g.first_cell(line.oh, cl ? line.ow : j);
+      for_each_tap(g, line, C, [&](int32_t cell, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        const scalar_t* src = xp + offset;
+        for (int64_t j = 0; j < n; ++j) values[j] = static_cast<acc_t>(src[j * step]);
+        topk_step(values.data(), n, k, L, cell, top.data() + lo, where.data() + lo);
+      });
+      // Count the cells above and equal to the K-th largest value: the cells equal to it share the
       // K - (cells above) remaining places.
+      const acc_t* kth_line = top.data() + (k - 1) * L;
       std::fill(above.begin(), above.end(), acc_t(0));
       std::fill(equal.begin(), equal.end(), acc_t(0));
-      for (int64_t th = g.h.first[oh]; th < g.h.kernel; ++th) {
-        const int64_t ih = oh * g.h.stride - g.h.pad + th * g.h.dilation;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t tw = g.w.first[ow]; tw < kw; ++tw) {
-          const int64_t iw = ow * g.w.stride - g.w.pad + tw * g.w.dilation;
-          if (iw < 0 || iw >= W) continue;
-          const scalar_t* s = src(ih, iw);
-          for (int64_t c = 0; c < block; ++c) {
-            const acc_t v = static_cast<acc_t>(s[c]);
-            const acc_t threshold = top[(k - 1) * block + c];
-            above[c] += v > threshold ? acc_t(1) : acc_t(0);
-            equal[c] += v == threshold ? acc_t(1) : acc_t(0);
-          }
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        const scalar_t* src = xp + offset;
+        for (int64_t j = 0; j < n; ++j) {
+          const acc_t v = static_cast<acc_t>(src[j * step]);
+          above[lo + j] += v > kth_line[lo + j] ? acc_t(1) : acc_t(0);
+          equal[lo + j] += v == kth_line[lo + j] ? acc_t(1) : acc_t(0);
         }
-      }
-      const int64_t at_r = r * block;
-      for (int64_t c = 0; c < block; ++c) {
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
         acc_t sum = 0;
-        for (int64_t l = 0; l < k; ++l) sum += top[l * block + c];
-        mp[at_r + c] = static_cast<scalar_t>(top[c]);
-        tp[at_r + c] = static_cast<scalar_t>(sum * inv_k);
-        ip[at_r + c] = where[c];
-        kp[at_r + c] = static_cast<scalar_t>(top[(k - 1) * block + c]);
-        sp[at_r + c] = equal[c] > 0 ? (acc_t(k) - above[c]) / (acc_t(k) * equal[c]) : acc_t(0);
+        for (int64_t l = 0; l < k; ++l) sum += top[l * L + j];
+        mp[out + j] = static_cast<scalar_t>(top[j]);
+        tp[out + j] = static_cast<scalar_t>(sum * inv_k);
+        ip[out + j] = where[j];
+        kp[out + j] = static_cast<scalar_t>(kth_line[j]);
+        sp[out + j] = equal[j] > 0 ? (acc_t(k) - above[j]) / (acc_t(k) * equal[j]) : acc_t(0);
       }
     }
   });
@@ -433,7 +436,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_forward(const Tensor
 }
 
 // Input gradient of (M, T_K): gM to the window's first maximum; gT / K to each cell above the K-th largest
-// value t, gT * tie to each cell equal to it.
+// value t, gT * tie to each cell equal to it. Same loop structure as max_mean_backward_impl.
 template <typename scalar_t>
 void max_topk_backward_impl(const Tensor& gm, const Tensor& gt, const Tensor& x, const Tensor& idx,
                             const Tensor& kth, const Tensor& tie, int64_t k, const Geometry& g, bool cl,
@@ -449,31 +452,44 @@ void max_topk_backward_impl(const Tensor& gm, const Tensor& gt, const Tensor& x,
   const acc_t* sp = tie.const_data_ptr<acc_t>();
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();
   const acc_t inv_k = acc_t(1) / acc_t(k);
-  const int64_t block = cl ? C : 1;
-  const int64_t rows = cl ? N * H * W : N * C * H * W;
-  at::parallel_for(0, rows, grain(block * 8), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> total(block);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
     for (int64_t r = begin; r < end; ++r) {
-      const int64_t ih = (r / W) % H, iw = r % W;
-      // Outputs of this input cell's batch item (cl) or plane (NCHW) start at out_base; channel stride block.
-      const int64_t out_base = cl ? (r / (H * W)) * OH * OW * C : (r / (H * W)) * OH * OW;
-      const scalar_t* v_ptr = xp + r * block;
-      std::fill(total.begin(), total.end(), acc_t(0));
-      for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-        const int64_t oh = g.h.outs[e], th = g.h.taps[e];
-        for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-          const int64_t o = out_base + (oh * OW + g.w.outs[f]) * block;
-          const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
-          for (int64_t c = 0; c < block; ++c) {
-            const acc_t v = static_cast<acc_t>(v_ptr[c]);
-            const acc_t threshold = static_cast<acc_t>(kp[o + c]);
-            const acc_t share = v > threshold ? inv_k : (v == threshold ? sp[o + c] : acc_t(0));
-            const acc_t hit = ip[o + c] == cell ? static_cast<acc_t>(gmp[o + c]) : acc_t(0);
-            total[c] += hit + static_cast<acc_t>(gtp[o + c]) * share;
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      const scalar_t* xr = xp + r * L;  // this input row (NCHW) or position (channels_last)
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < kw; ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            const int32_t cell = static_cast<int32_t>(th * kw + tw);
+            const int64_t first = g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              const int64_t iw = first + (o - lo) * sw;
+              t[iw] += topk_grad_of_cell(ip[row + o], cell, gmp[row + o], gtp[row + o], xr[iw], kp[row + o],
+                                         sp[row + o], inv_k);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = (n * OH * OW + oh * OW + g.w.outs[f]) * C;
+            const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
+            for (int64_t c = 0; c < C; ++c) {
+              t[c] += topk_grad_of_cell(ip[o + c], cell, gmp[o + c], gtp[o + c], xr[c], kp[o + c], sp[o + c], inv_k);
+            }
           }
         }
       }
-      for (int64_t c = 0; c < block; ++c) out[r * block + c] = static_cast<scalar_t>(total[c]);
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<scalar_t>(t[j]);
     }
   });
 }
