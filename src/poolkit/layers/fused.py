@@ -47,6 +47,7 @@ from poolkit.layers.windows import (
 )
 
 __all__ = [
+    "fused_kernel_mode",
     "fused_kernels_enabled",
     "kernel_path",
     "set_fused_kernels",
@@ -86,6 +87,11 @@ def set_fused_kernels(mode: Mode | bool) -> None:
     if mode not in _MODES:
         raise ValueError(f"fused kernel mode must be one of {', '.join(_MODES)} or a bool, got {mode!r}")
     _state["mode"] = mode
+
+
+def fused_kernel_mode() -> Mode:
+    """The current mode of :func:`set_fused_kernels` (initially ``POOLKIT_FUSED``, default ``"auto"``)."""
+    return _state["mode"]
 
 
 @contextlib.contextmanager
