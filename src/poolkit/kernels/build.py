@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["KernelStatus", "cpu_kernels_available", "kernel_status"]
+__all__ = ["KernelStatus", "cpu_kernels_available", "cuda_kernels_available", "kernel_status"]
 
 _LOG = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("window_stats.cpp")
@@ -153,3 +153,27 @@ def cpu_kernels_available() -> bool:
             if _status.state == "ready":
                 _LOG.info("poolkit: compiled CPU window kernels ready in %.1f s", _status.seconds)
     return _status.state == "ready"
+
+
+_cuda: dict[str, bool] = {}
+
+
+@torch.compiler.assume_constant_result
+def cuda_kernels_available() -> bool:
+    """Whether the Triton kernels can serve CUDA tensors: CUDA present and triton importable.
+
+    The first True answer registers them as the CUDA kernels of the ``poolkit::`` operators. No warning
+    when triton is missing: on CUDA the native pair is the default and the Triton kernels are opt-in.
+    """
+    if "available" not in _cuda:
+        available = False
+        if torch.cuda.is_available():
+            try:
+                from poolkit.kernels.triton_window import register_cuda_kernels
+            except ImportError:
+                pass
+            else:
+                register_cuda_kernels()
+                available = True
+        _cuda["available"] = available
+    return _cuda["available"]

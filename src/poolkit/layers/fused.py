@@ -6,8 +6,9 @@ family M and the top-K mean T_K. Calling ``F.max_pool2d`` and ``F.avg_pool2d`` s
 kernels forward and, worse, two native backward kernels that each allocate and zero an input-sized gradient
 and scatter into it. Three paths compute the same values and gradients:
 
-* ``"compiled"``: the C++ custom operators of :mod:`poolkit.kernels` (CPU): one read of the input forward,
-  one write of the input gradient backward, the int32 index of the first maximum saved instead of the input;
+* ``"compiled"``: the custom operators of :mod:`poolkit.kernels` (C++ on CPU, Triton on CUDA): one read of
+  the input forward, one write of the input gradient backward, the int32 index of the first maximum saved
+  instead of the input;
 * ``"eager"``: :func:`window_max_mean` views the input as ``kh * kw`` strided tensors, one per window cell
   (``x[..., i*d - p :: s, j*d - p :: s]`` restricted to the output positions where that cell is a real input
   cell), and reduces them with elementwise ``maximum`` and ``add``; backward writes the input gradient view
@@ -18,8 +19,9 @@ and scatter into it. Three paths compute the same values and gradients:
 Choice (:func:`set_fused_kernels` or the ``POOLKIT_FUSED`` environment variable): ``auto`` (the default)
 takes the compiled kernels on CPU (the eager fused path when they cannot be built, with one warning) and the
 native pair on other devices until the fused kernels are measured there; ``on`` takes the compiled kernels
-where they exist and the eager fused path elsewhere; ``eager`` the eager fused path; ``off`` the native pair.
-:func:`kernel_path` says which path an input takes. The tests compare every path with the native one.
+where they exist (the Triton ones on CUDA, with triton installed) and the eager fused path elsewhere;
+``eager`` the eager fused path; ``off`` the native pair. :func:`kernel_path` says which path an input takes.
+The tests compare every path with the native one.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from poolkit.kernels.build import cpu_kernels_available
+from poolkit.kernels.build import cpu_kernels_available, cuda_kernels_available
 from poolkit.kernels.ops import window_max_mean_op, window_max_topk_mean_op
 from poolkit.layers.windows import (
     PoolGeometry,
@@ -126,13 +128,11 @@ def kernel_path(x: Tensor, geometry: PoolGeometry, k: int | None = None) -> Kern
         return "native"
     if min_window_count(geometry, x.shape[-2], x.shape[-1]) < (k or 1):
         return "native"
-    if (
-        mode in ("auto", "on")
-        and x.device.type == "cpu"
-        and x.dtype in COMPILED_DTYPES
-        and cpu_kernels_available()
-    ):
-        return "compiled"
+    if mode in ("auto", "on") and x.dtype in COMPILED_DTYPES:
+        if x.device.type == "cpu" and cpu_kernels_available():
+            return "compiled"
+        if mode == "on" and x.device.type == "cuda" and cuda_kernels_available():
+            return "compiled"  # the Triton kernels: opt-in until measured on a GPU
     if mode == "auto" and x.device.type != "cpu":
         return "native"
     if torch.compiler.is_compiling() or geometry.area > MAX_FUSED_AREA or geometry.area == 1:
