@@ -7,6 +7,7 @@ Every test that needs the C++ build is skipped where it cannot be built; the fal
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytest
@@ -17,12 +18,19 @@ from torch import nn
 import poolkit
 from poolkit.kernels import build as kernel_build
 from poolkit.kernels import cpu_kernels_available, kernel_status
-from poolkit.kernels.ops import window_max_mean_op, window_max_topk_mean_op
+from poolkit.kernels.ops import (
+    window_max_mean_op,
+    window_max_topk_mean_op,
+    window_power_mean_op,
+    window_weighted_mean_op,
+)
 from poolkit.layers.fused import (
     kernel_path,
     use_fused_kernels,
     window_max_mean,
     window_max_topk_mean,
+    window_power_mean,
+    window_weighted_mean_fused,
 )
 from poolkit.layers.windows import PoolGeometry
 from pools import build, reseed
@@ -215,3 +223,150 @@ def test_status_reports_the_build_time() -> None:
     status = kernel_status()
     assert status.state == "ready" and status.seconds is not None and status.seconds >= 0
     assert "ready" in status.describe()
+
+
+# ------------------------------------------------------------------------------------ power mean (GeM)
+
+POWER_GEOMETRIES = [
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, True),
+    ((2, 3), 1, (1, 1), 2, False),
+    (3, 1, 1, 1, False),
+]
+
+
+def _power_mean_both_paths(x: torch.Tensor, g: PoolGeometry, p: float, eps: float):
+    results = []
+    for mode in ("off", "on"):
+        leaf = x.clone().requires_grad_()
+        exponent = torch.tensor(p, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
+        exponent.requires_grad_()
+        with use_fused_kernels(mode):
+            assert kernel_path(leaf, g) == ("native" if mode == "off" else "compiled")
+            y = window_power_mean(leaf, g, exponent, eps)
+        weight = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        results.append((y, *torch.autograd.grad((y * weight).sum(), [leaf, exponent])))
+    return results
+
+
+@needs_build
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("p", [3.0, 1.5])
+def test_power_mean_equals_the_reference_with_gradients_of_x_and_p(channels_last: bool, p: float) -> None:
+    reseed(7)
+    for geometry, (h, w) in itertools.product(POWER_GEOMETRIES, [(7, 9), (4, 5)]):
+        g = PoolGeometry.create(*geometry)
+        x = F.relu(torch.randn(2, 3, h, w, dtype=torch.float64))  # zeros below eps, as after a ReLU
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        (y0, gx0, gp0), (y1, gx1, gp1) = _power_mean_both_paths(x, g, p, 1e-6)
+        context = f"{g} on {h}x{w}, p={p}"
+        torch.testing.assert_close(y1, y0, msg=context)
+        torch.testing.assert_close(gx1, gx0, msg=context)
+        torch.testing.assert_close(gp1, gp0, msg=context)
+        if channels_last:
+            assert y1.is_contiguous(memory_format=torch.channels_last)
+            assert gx1.is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_build
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_power_mean_low_precision(dtype: torch.dtype) -> None:
+    reseed(8)
+    x = torch.rand(2, 4, 8, 8).mul(3).to(dtype)
+    (y0, gx0, gp0), (y1, gx1, gp1) = _power_mean_both_paths(x, PoolGeometry.create(3, 2, 1), 3.0, 1e-6)
+    assert y1.dtype == gx1.dtype == dtype
+    tolerance = {} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(y1.float(), y0.float(), **tolerance)
+    torch.testing.assert_close(gx1.float(), gx0.float(), **tolerance)
+    torch.testing.assert_close(gp1, gp0, rtol=2e-2, atol=1e-3)
+
+
+@needs_build
+def test_power_mean_gradcheck_and_opcheck() -> None:
+    reseed(9)
+    x = torch.rand(2, 3, 7, 6, dtype=torch.float64).add(0.1).requires_grad_()
+    p = torch.tensor(2.5, dtype=torch.float64, requires_grad=True)
+    g = PoolGeometry.create(3, 2, 1)
+    with use_fused_kernels("on"):
+        assert torch.autograd.gradcheck(lambda t, q: window_power_mean(t, g, q, 1e-6), (x, p))
+    torch.library.opcheck(window_power_mean_op, (x, p, 1e-6, *_args(g, x)))
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(window_power_mean_op, (cl, p, 1e-6, *_args(g, cl)))
+
+
+@needs_build
+def test_gem_pool_compiles_to_one_operator_and_learns_p() -> None:
+    reseed(10)
+    pool = build("gem", 3, 2, 1)
+    x = F.relu(torch.randn(2, 4, 9, 8))
+    recorder = _OpRecorder()
+    with use_fused_kernels("on"):
+        compiled = torch.compile(pool, fullgraph=True, backend=recorder)
+        grads = [torch.autograd.grad(fn(x).sum(), list(pool.parameters())) for fn in (pool, compiled)]
+    assert sum("poolkit.window_power_mean" in t for t in recorder.targets) == 1, recorder.targets
+    torch.testing.assert_close(grads[1], grads[0])
+    assert grads[0][0].abs() > 0
+
+
+# ---------------------------------------------------------------------------------------- weighted mean
+
+
+@needs_build
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+def test_weighted_mean_equals_the_reference_with_gradients(channels_last: bool, shared: bool) -> None:
+    reseed(11)
+    for geometry, (h, w), eps in itertools.product(POWER_GEOMETRIES, [(7, 9), (4, 5)], [0.0, 0.1]):
+        g = PoolGeometry.create(*geometry)
+        x = torch.randn(2, 3, h, w, dtype=torch.float64)
+        weight = torch.rand(2, 1 if shared else 3, h, w, dtype=torch.float64).add(0.05)
+        if channels_last:
+            x, weight = (t.contiguous(memory_format=torch.channels_last) for t in (x, weight))
+        results = []
+        for mode in ("off", "on"):
+            leaf_x, leaf_w = x.clone().requires_grad_(), weight.clone().requires_grad_()
+            with use_fused_kernels(mode):
+                y = window_weighted_mean_fused(leaf_x, leaf_w, g, eps)
+            probe = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+            results.append((y, *torch.autograd.grad((y * probe).sum(), [leaf_x, leaf_w])))
+        context = f"{g} on {h}x{w}, eps={eps}"
+        for got, expected in zip(results[1], results[0], strict=True):
+            torch.testing.assert_close(got, expected, msg=context)
+        if channels_last:
+            assert results[1][0].is_contiguous(memory_format=torch.channels_last)
+
+
+@needs_build
+def test_weighted_mean_gradcheck_and_opcheck() -> None:
+    reseed(12)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    shared = torch.rand(2, 1, 7, 6, dtype=torch.float64).add(0.1).requires_grad_()
+    g = PoolGeometry.create(3, 2, 1)
+    with use_fused_kernels("on"):
+        assert torch.autograd.gradcheck(lambda a, b: window_weighted_mean_fused(a, b, g, 0.01), (x, shared))
+    torch.library.opcheck(window_weighted_mean_op, (x, shared, 0.01, *_args(g, x)))
+    per_channel = torch.rand(2, 3, 7, 6, dtype=torch.float64).add(0.1).requires_grad_()
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    per_channel = per_channel.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(window_weighted_mean_op, (cl, per_channel, 0.0, *_args(g, cl)))
+
+
+@needs_build
+@pytest.mark.parametrize("name", ["attention", "lip"])
+def test_attention_pools_compile_to_one_weighted_mean(name: str) -> None:
+    reseed(13)
+    pool = build(name, 3, 2, 1)
+    x = torch.randn(2, 4, 9, 8)
+    recorder = _OpRecorder()
+    with use_fused_kernels("on"):
+        compiled = torch.compile(pool, fullgraph=True, backend=recorder)
+        outputs = []
+        for fn in (pool, compiled):
+            leaf = x.clone().requires_grad_()
+            y = fn(leaf)
+            outputs.append((y, torch.autograd.grad(y.square().sum(), [leaf, *pool.parameters()])))
+    assert sum("poolkit.window_weighted_mean" in t for t in recorder.targets) == 1, recorder.targets
+    torch.testing.assert_close(outputs[1][0], outputs[0][0])
+    for got, expected in zip(outputs[1][1], outputs[0][1], strict=True):
+        torch.testing.assert_close(got, expected)

@@ -6,8 +6,9 @@ system C++ compiler, OpenMP on) into torch's extension cache (``TORCH_EXTENSIONS
 ``~/.cache/torch_extensions``), which rebuilds only when the source or the compiler flags change, and loads it
 as the operators ``torch.ops.poolkit_cpu.*``. On x86-64 it is compiled for the machine's own instruction set
 (``-march=native``: AVX2/AVX-512 where present; it made the channels_last backward 10x faster than SSE2 on
-an AMD EPYC), so the cached build is named after the CPU's feature flags: a home directory shared by
-different CPUs gets one build per CPU kind, never a binary that the CPU cannot run. The time the build
+an AMD EPYC), so the cached build is named after the CPU's feature flags and torch's version: a home
+directory shared by different CPUs gets one build per CPU kind, never a binary that the CPU cannot run, and
+a torch upgrade rebuilds. The time the build
 took is logged once at INFO and kept in :func:`kernel_status` (``poolkit bench`` prints it in its header).
 
 When the build fails (no compiler, no ninja), :func:`cpu_kernels_available` returns False, emits ONE
@@ -49,16 +50,20 @@ def compiler_flags() -> list[str]:
 
 
 def extension_name() -> str:
-    """The cache name of the build: :data:`EXTENSION` and, with ``-march=native``, a hash of the CPU flags."""
-    if not _native_x86():
-        return EXTENSION
+    """The cache name of the build: :data:`EXTENSION` and a hash of torch's version and the CPU's flags.
+
+    torch's cache rebuilds when the source or the flags change, not when torch does (the include paths of a
+    venv stay the same across an upgrade), and ``-march=native`` binaries are only valid on their CPU kind.
+    """
     flags = platform.processor()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    return f"{EXTENSION}_{hashlib.sha1(flags.encode()).hexdigest()[:10]}"
+    if _native_x86():
+        with contextlib.suppress(OSError):
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("flags"):
+                    flags = line
+                    break
+    key = f"{torch.__version__}|{platform.machine()}|{flags}"
+    return f"{EXTENSION}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
 @dataclass

@@ -14,6 +14,16 @@ Two operators, each computing several statistics of the same windows in one pass
   ``gT / K`` to every cell above t and ``gT * tie`` to every cell equal to it (the cells equal to t share the
   ``K - #above`` remaining places equally). Saved: the input, the index, kth and tie.
 
+* ``poolkit::window_power_mean(x, p, eps, ...) -> (y, S, S')``: GeM, ``y = S^(1/p)`` with
+  ``S = mean_R z^p``, ``z = max(x, eps)``, and ``S' = mean_R z^p ln z``. Backward:
+  ``dx_i = z_i^(p-1) [x_i >= eps] sum_w gy_w S_w^(1/p - 1) / n_w`` and
+  ``dp = sum gy y (S'/(p S) - ln S / p^2)``.
+  Saved: the input, S and S' (float32, float64 for float64 inputs), p.
+* ``poolkit::window_weighted_mean(x, w, eps, ...) -> (y, D)``: ``y = sum_R w x / D``, ``D = sum_R w + eps``,
+  w of x's shape or (N, 1, H, W) shared by the channels. Backward, with ``a = gy / D``:
+  ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over channels for a shared
+  w). Saved: x, w, y and D.
+
 Shapes: x (N, C, H, W) -> outputs (N, C, H_out, W_out) with ``out_size = (H_out, W_out)`` from
 :meth:`poolkit.layers.windows.PoolGeometry.output_size`; outputs are channels_last when x is (the rule of
 :func:`memory_format`), float outputs in x's dtype, ``tie`` in float32 (float64 for float64 inputs).
@@ -41,7 +51,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["memory_format", "window_max_mean_op", "window_max_topk_mean_op"]
+__all__ = [
+    "memory_format",
+    "window_max_mean_op",
+    "window_max_topk_mean_op",
+    "window_power_mean_op",
+    "window_weighted_mean_op",
+]
 
 
 def memory_format(x: Tensor) -> torch.memory_format:
@@ -218,3 +234,149 @@ def _backward_max_topk(ctx: Any, grad_m: Tensor | None, grad_t: Tensor | None, *
 
 
 window_max_topk_mean_op.register_autograd(_backward_max_topk, setup_context=_setup_max_topk)
+
+
+# ------------------------------------------------------------------------------------------ power mean
+
+
+@torch.library.custom_op("poolkit::window_power_mean", mutates_args=(), device_types="cpu")
+def window_power_mean_op(
+    x: Tensor,
+    p: Tensor,
+    eps: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, S, S') of GeM for every window; see the module docstring."""
+    outputs = torch.ops.poolkit_cpu.power_mean_forward(x, p, eps, kernel, stride, padding, dilation, out_size)
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+@window_power_mean_op.register_fake
+def _(x: Tensor, p: Tensor, eps: float, *geometry: Any) -> Any:
+    out_size, acc = geometry[-1], _accumulate_dtype(x.dtype)
+    return _empty(x, out_size), _empty(x, out_size, acc), _empty(x, out_size, acc)
+
+
+@torch.library.custom_op("poolkit::window_power_mean_backward", mutates_args=(), device_types="cpu")
+def window_power_mean_backward_op(
+    grad_y: Tensor,
+    s: Tensor,
+    x: Tensor,
+    p: Tensor,
+    eps: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_power_mean_op`, written once (``channels_last``: x's layout)."""
+    grad: Tensor = torch.ops.poolkit_cpu.power_mean_backward(
+        grad_y, s, x, p, eps, kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_power_mean_backward_op.register_fake
+def _(grad_y: Tensor, s: Tensor, x: Tensor, *args: Any) -> Tensor:
+    return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+
+
+def _setup_power_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, p, eps, kernel, stride, padding, dilation, _ = inputs
+    _, s, ds = output
+    ctx.save_for_backward(x, p, s, ds)
+    ctx.eps = eps
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_power_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, p, s, ds = ctx.saved_tensors
+    if grad_y is None:
+        return None, None, None, None, None, None, None, None
+    grad_x = None
+    if ctx.needs_input_grad[0]:
+        grad_x = window_power_mean_backward_op(grad_y, s, x, p, ctx.eps, *ctx.geometry)
+    grad_p = None
+    if ctx.needs_input_grad[1]:
+        q = p.to(s.dtype)
+        y = s.pow(1.0 / q)
+        grad_p = (grad_y.to(s.dtype) * y * (ds / (q * s) - s.log() / (q * q))).sum()
+        grad_p = grad_p.to(p.dtype).reshape(p.shape)
+    return grad_x, grad_p, None, None, None, None, None, None
+
+
+window_power_mean_op.register_autograd(_backward_power_mean, setup_context=_setup_power_mean)
+
+
+# ------------------------------------------------------------------------------------- weighted mean
+
+
+@torch.library.custom_op("poolkit::window_weighted_mean", mutates_args=(), device_types="cpu")
+def window_weighted_mean_op(
+    x: Tensor,
+    w: Tensor,
+    eps: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor]:
+    """(y, D) of the weighted mean of every window; see the module docstring."""
+    y, d = torch.ops.poolkit_cpu.weighted_mean_forward(x, w, eps, kernel, stride, padding, dilation, out_size)
+    return y, d
+
+
+@window_weighted_mean_op.register_fake
+def _(x: Tensor, w: Tensor, eps: float, *geometry: Any) -> Any:
+    out_size = geometry[-1]
+    return _empty(x, out_size), _empty(x, out_size, _accumulate_dtype(x.dtype))
+
+
+@torch.library.custom_op("poolkit::window_weighted_mean_backward", mutates_args=(), device_types="cpu")
+def window_weighted_mean_backward_op(
+    grad_y: Tensor,
+    y: Tensor,
+    d: Tensor,
+    x: Tensor,
+    w: Tensor,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> tuple[Tensor, Tensor]:
+    """(dx, dw at x's shape) of :func:`window_weighted_mean_op`, each written once."""
+    gx, gw = torch.ops.poolkit_cpu.weighted_mean_backward(
+        grad_y, y, d, x, w, kernel, stride, padding, dilation, channels_last
+    )
+    return gx, gw
+
+
+@window_weighted_mean_backward_op.register_fake
+def _(grad_y: Tensor, y: Tensor, d: Tensor, x: Tensor, w: Tensor, *args: Any) -> Any:
+    return tuple(_empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1]) for _ in range(2))
+
+
+def _setup_weighted_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    x, w, _, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, w, *output)
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_weighted_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, w, y, d = ctx.saved_tensors
+    if grad_y is None or not any(ctx.needs_input_grad[:2]):
+        return None, None, None, None, None, None, None, None
+    gx, gw = window_weighted_mean_backward_op(grad_y, y, d, x, w, *ctx.geometry)
+    if w.shape[1] != x.shape[1]:  # one weight map shared by the channels
+        gw = gw.sum(1, keepdim=True)
+    return gx, gw.to(w.dtype), None, None, None, None, None, None
+
+
+window_weighted_mean_op.register_autograd(_backward_weighted_mean, setup_context=_setup_weighted_mean)

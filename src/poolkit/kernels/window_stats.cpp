@@ -509,6 +509,313 @@ Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tenso
   return gx;
 }
 
+// ------------------------------------------------------------------------------------------ power mean
+
+// GeM: S = mean_R z^p with z = max(x, eps), y = S^(1/p). The forward also returns S and S' = mean_R z^p ln z,
+// from which the gradient of p is computed on output-sized tensors: dy/dp = y (S' / (p S) - ln S / p^2).
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void power_step(const scalar_t* src, int64_t step, int64_t n, acc_t p, acc_t eps, acc_t* __restrict s,
+                       acc_t* __restrict ds) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    const acc_t z = v < eps ? eps : v;  // clamp(x, min=eps); a NaN stays NaN
+    const acc_t lz = std::log(z);
+    const acc_t zp = std::pow(z, p);  // pow rounds better than exp(p * lz)
+    s[j] += zp;
+    ds[j] += zp * lz;
+  }
+}
+
+template <typename scalar_t>
+void power_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, double p_value, double eps_value,
+                             Tensor& y, Tensor& s_out, Tensor& ds_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const acc_t p = static_cast<acc_t>(p_value), eps = static_cast<acc_t>(eps_value);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* sp = s_out.mutable_data_ptr<acc_t>();
+  acc_t* dp = ds_out.mutable_data_ptr<acc_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(L), ds(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(s.begin(), s.end(), acc_t(0));
+      std::fill(ds.begin(), ds.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          power_step<true>(xp + offset, 1, n, p, eps, s.data() + lo, ds.data() + lo);
+        } else {
+          power_step<false>(xp + offset, step, n, p, eps, s.data() + lo, ds.data() + lo);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t scale = inv[line.oh * OW + (cl ? line.ow : j)];
+        const acc_t mean = s[j] * scale;
+        sp[out + j] = mean;
+        dp[out + j] = ds[j] * scale;
+        yp[out + j] = static_cast<scalar_t>(std::pow(mean, acc_t(1) / p));
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const Tensor& p, double eps,
+                                                      at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                      at::IntArrayRef out_size) {
+  TORCH_CHECK(p.numel() == 1, "poolkit power_mean_forward: p must hold one value, got ", p.numel());
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor s = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  Tensor ds = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  const double p_value = p.item<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_forward", [&] {
+    power_mean_forward_impl<scalar_t>(x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, y, s, ds);
+  });
+  return {y, s, ds};
+}
+
+// dx_i = z_i^(p-1) [x_i >= eps] * sum over windows w containing i of gy_w S_w^(1/p - 1) / n_w
+// (dy/dS = S^(1/p - 1) / p and dS/dz_i = p z_i^(p-1) / n; y is recomputed from S in float, not read back
+// from the rounded output).
+template <typename scalar_t>
+void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x,
+                              const Geometry& g, bool cl, double p_value, double eps_value, Tensor& gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const acc_t p = static_cast<acc_t>(p_value), eps = static_cast<acc_t>(eps_value);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const acc_t* sp = s.const_data_ptr<acc_t>();
+  const acc_t q = acc_t(1) / p - acc_t(1);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 16), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              dst[(o - lo) * sw] += static_cast<acc_t>(gyp[row + o]) * inv[oh * OW + o] * std::pow(sp[row + o], q);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e];
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = oh * OW + g.w.outs[f];
+            const acc_t scale = inv[o];
+            const int64_t at_o = (n * OH * OW + o) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              t[c] += static_cast<acc_t>(gyp[at_o + c]) * scale * std::pow(sp[at_o + c], q);
+            }
+          }
+        }
+      }
+      const scalar_t* xr = xp + r * L;
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t v = static_cast<acc_t>(xr[j]);
+        const acc_t z = v < eps ? eps : v;
+        const acc_t factor = v >= eps ? std::exp((p - acc_t(1)) * std::log(z)) : acc_t(0);
+        dst[j] = static_cast<scalar_t>(t[j] * factor);
+      }
+    }
+  });
+}
+
+Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, const Tensor& p,
+                           double eps, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {s.size(2), s.size(3)});
+  const double p_value = p.item<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_backward", [&] {
+    power_mean_backward_impl<scalar_t>(gy, ss, x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, gx);
+  });
+  return gx;
+}
+
+// ------------------------------------------------------------------------------------- weighted mean
+
+// y = sum_R w x / D, D = sum_R w + eps (SoftPool-like attention, LIP). The weight has the input's shape or
+// one channel (N, 1, H, W) shared by all channels; wc is 1 or 0, the weight's step from one channel to the
+// next.
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void weighted_step(const scalar_t* src, const scalar_t* wsrc, int64_t step, int64_t wstep, int64_t n,
+                          acc_t* __restrict num, acc_t* __restrict den) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    const acc_t w = static_cast<acc_t>(wsrc[j * wstep]);
+    num[j] += w * v;
+    den[j] += w;
+  }
+}
+
+template <typename scalar_t>
+void weighted_mean_forward_impl(const Tensor& x, const Tensor& w, const Geometry& g, bool cl, double eps_value,
+                                Tensor& y, Tensor& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const int64_t Cw = w.size(1), wc = Cw == C ? 1 : 0;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const acc_t eps = static_cast<acc_t>(eps_value);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* dp = d.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * 2), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> num(L), den(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(num.begin(), num.end(), acc_t(0));
+      std::fill(den.begin(), den.end(), acc_t(0));
+      // NCHW: the weight plane of this line's (n, c), as an offset from the input plane.
+      const int64_t plane_w = (line.plane / C) * Cw + (line.plane % C) * wc;
+      const int64_t delta = (plane_w - line.plane) * H * W;
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (cl) {
+          const scalar_t* wsrc = wp + (offset / C) * Cw;
+          weighted_step<true>(xp + offset, wsrc, 1, wc, n, num.data(), den.data());
+        } else if (step == 1) {
+          weighted_step<true>(xp + offset, wp + offset + delta, 1, 1, n, num.data() + lo, den.data() + lo);
+        } else {
+          weighted_step<false>(xp + offset, wp + offset + delta, step, step, n, num.data() + lo, den.data() + lo);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t total = den[j] + eps;
+        dp[out + j] = total;
+        yp[out + j] = static_cast<scalar_t>(num[j] / total);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tensor& weight, double eps,
+                                                 at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                 at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                 at::IntArrayRef out_size) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == input.size(0) && weight.size(2) == input.size(2) &&
+                  weight.size(3) == input.size(3) && (weight.size(1) == input.size(1) || weight.size(1) == 1),
+              "poolkit weighted_mean_forward: the weight must be (N, C, H, W) or (N, 1, H, W) like the input");
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor d = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_forward", [&] {
+    weighted_mean_forward_impl<scalar_t>(x, w, g, fmt == at::MemoryFormat::ChannelsLast, eps, y, d);
+  });
+  return {y, d};
+}
+
+// With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w (dw at the input's
+// full shape; the caller sums it over channels for a shared weight).
+template <typename scalar_t>
+void weighted_mean_backward_impl(const Tensor& gy, const Tensor& y, const Tensor& d, const Tensor& x,
+                                 const Tensor& w, const Geometry& g, bool cl, Tensor& gx, Tensor& gw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const int64_t Cw = w.size(1), wc = Cw == C ? 1 : 0;
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const acc_t* dp = d.const_data_ptr<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w.const_data_ptr<scalar_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum_a(L), sum_b(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict a = sum_a.data();
+      acc_t* __restrict b = sum_b.data();
+      for (int64_t j = 0; j < L; ++j) a[j] = b[j] = 0;
+      const scalar_t* wr;  // this row's (NCHW) or position's (channels_last) weights, step wstep
+      int64_t wstep;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        wr = wp + (((plane / C) * Cw + (plane % C) * wc) * H + ih) * W;
+        wstep = 1;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              const acc_t share = static_cast<acc_t>(gyp[row + o]) / dp[row + o];
+              a[first + (o - lo) * sw] += share;
+              b[first + (o - lo) * sw] += share * static_cast<acc_t>(yp[row + o]);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        wr = wp + r * Cw;
+        wstep = wc;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t at_o = (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const acc_t share = static_cast<acc_t>(gyp[at_o + c]) / dp[at_o + c];
+              a[c] += share;
+              b[c] += share * static_cast<acc_t>(yp[at_o + c]);
+            }
+          }
+        }
+      }
+      const scalar_t* xr = xp + r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t wv = static_cast<acc_t>(wr[j * wstep]);
+        gxp[r * L + j] = static_cast<scalar_t>(a[j] * wv);
+        gwp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(xr[j]) - b[j]);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Tensor& y, const Tensor& d,
+                                                  const Tensor& input, const Tensor& weight,
+                                                  at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor gw = at::empty(x.sizes(), x.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {y.size(2), y.size(3)});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_backward", [&] {
+    weighted_mean_backward_impl<scalar_t>(gy, yy, dd, x, w, g, fmt == at::MemoryFormat::ChannelsLast, gx, gw);
+  });
+  return {gx, gw};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(poolkit_cpu, m) {
@@ -518,6 +825,14 @@ TORCH_LIBRARY(poolkit_cpu, m) {
         " int[] padding, int[] dilation, bool channels_last) -> Tensor");
   m.def("max_topk_forward(Tensor x, int k, int[] kernel, int[] stride, int[] padding, int[] dilation,"
         " int[] out_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("power_mean_forward(Tensor x, Tensor p, float eps, int[] kernel, int[] stride, int[] padding,"
+        " int[] dilation, int[] out_size) -> (Tensor, Tensor, Tensor)");
+  m.def("power_mean_backward(Tensor grad_y, Tensor s, Tensor x, Tensor p, float eps, int[] kernel,"
+        " int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("weighted_mean_forward(Tensor x, Tensor w, float eps, int[] kernel, int[] stride, int[] padding,"
+        " int[] dilation, int[] out_size) -> (Tensor, Tensor)");
+  m.def("weighted_mean_backward(Tensor grad_y, Tensor y, Tensor d, Tensor x, Tensor w, int[] kernel,"
+        " int[] stride, int[] padding, int[] dilation, bool channels_last) -> (Tensor, Tensor)");
   m.def("max_topk_backward(Tensor grad_m, Tensor grad_t, Tensor x, Tensor idx, Tensor kth, Tensor tie, int k,"
         " int[] kernel, int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
 }
@@ -527,4 +842,8 @@ TORCH_LIBRARY_IMPL(poolkit_cpu, CPU, m) {
   m.impl("max_mean_backward", &max_mean_backward);
   m.impl("max_topk_forward", &max_topk_forward);
   m.impl("max_topk_backward", &max_topk_backward);
+  m.impl("power_mean_forward", &power_mean_forward);
+  m.impl("power_mean_backward", &power_mean_backward);
+  m.impl("weighted_mean_forward", &weighted_mean_forward);
+  m.impl("weighted_mean_backward", &weighted_mean_backward);
 }

@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from poolkit.layers.base import Pool2d, Size2, prepare
+from poolkit.layers.fused import window_weighted_mean_fused
 from poolkit.layers.windows import (
     PoolGeometry,
     min_window_count,
     restore,
     unfold_windows,
     window_mask,
-    window_weighted_mean,
 )
 from poolkit.registry import register_pool
 
@@ -44,7 +44,7 @@ def _attention_map(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, b
 def _attention(
     x: Tensor, g: PoolGeometry, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, eps: float
 ) -> Tensor:
-    return window_weighted_mean(x, _attention_map(x, weight1, bias1, weight2, bias2), g, eps)
+    return window_weighted_mean_fused(x, _attention_map(x, weight1, bias1, weight2, bias2), g, eps)
 
 
 def attention_pool2d(
@@ -137,7 +137,7 @@ def _lip(
 ) -> Tensor:
     logits = _lip_logits(x, conv_weight, norm_weight, norm_bias, norm_eps)
     # Logits lie in [0, 12]; exp(logit - 12) in [e^-12, 1] gives the same ratio and fits float16.
-    return window_weighted_mean(x, torch.exp(logits - _LIP_GATE), g)
+    return window_weighted_mean_fused(x, torch.exp(logits - _LIP_GATE), g)
 
 
 def lip_pool2d(
@@ -224,7 +224,7 @@ class AttentionPool(Pool2d):
         return _attention_map(x, self.hidden.weight, self.hidden.bias, self.score.weight, self.score.bias)
 
     def pool(self, x: Tensor, geometry: PoolGeometry) -> Tensor:
-        return window_weighted_mean(x, self.attention_map(x), geometry, self.eps)
+        return window_weighted_mean_fused(x, self.attention_map(x), geometry, self.eps)
 
     def functional_kwargs(self) -> dict[str, object]:
         return {

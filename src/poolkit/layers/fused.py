@@ -37,7 +37,12 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from poolkit.kernels.build import cpu_kernels_available, cuda_kernels_available
-from poolkit.kernels.ops import window_max_mean_op, window_max_topk_mean_op
+from poolkit.kernels.ops import (
+    window_max_mean_op,
+    window_max_topk_mean_op,
+    window_power_mean_op,
+    window_weighted_mean_op,
+)
 from poolkit.layers.windows import (
     PoolGeometry,
     _memoize,
@@ -46,6 +51,7 @@ from poolkit.layers.windows import (
     window_max,
     window_mean,
     window_topk_mean,
+    window_weighted_mean,
 )
 
 __all__ = [
@@ -56,7 +62,9 @@ __all__ = [
     "use_fused_kernels",
     "window_max_mean",
     "window_max_topk_mean",
+    "window_power_mean",
     "window_topk_mean_fused",
+    "window_weighted_mean_fused",
 ]
 
 Mode = Literal["auto", "on", "eager", "off"]
@@ -193,6 +201,63 @@ def window_max_topk_mean(x: Tensor, geometry: PoolGeometry, k: int) -> tuple[Ten
         m, top, *_ = window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))
         return m, top
     return window_max(x, geometry), window_topk_mean_fused(x, geometry, k)
+
+
+def window_power_mean(x: Tensor, geometry: PoolGeometry, p: Tensor | float, eps: float) -> Tensor:
+    """GeM's power mean ``y = (mean_R clamp(x, eps)^p)^(1/p)`` of every window, ``p`` a positive scalar.
+
+    The compiled path (:func:`kernel_path` ``"compiled"``) computes it in one pass, with the gradients of x
+    and p; every other path is the reference: the native ``avg_pool2d`` of ``clamp(x, eps)^p``, in float32
+    for float16/bfloat16 inputs (x^p overflows float16 quickly) and cast back.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H_out, W_out) in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(window_power_mean(x, PoolGeometry.create(2), 3.0, 1e-6).item(), 6)
+        0.183586
+    """
+    if (
+        (not isinstance(p, Tensor) or p.numel() == 1)
+        and x.device.type == "cpu"  # no Triton kernel of the power mean yet
+        and kernel_path(x, geometry) == "compiled"
+    ):
+        p_tensor = p if isinstance(p, Tensor) else torch.tensor(float(p), dtype=torch.float64)
+        y, _, _ = window_power_mean_op(x, p_tensor.reshape(()), float(eps), *_geometry_args(geometry, x))
+        return y
+    xf = x.float() if x.element_size() < 4 else x
+    if isinstance(p, Tensor):
+        p = p.to(xf.dtype)
+    return window_mean(xf.clamp(min=eps).pow(p), geometry).pow(1.0 / p).to(x.dtype)
+
+
+def window_weighted_mean_fused(x: Tensor, weight: Tensor, geometry: PoolGeometry, eps: float = 0.0) -> Tensor:
+    """``sum_R(weight * x) / (sum_R(weight) + eps)`` of every window, in one pass where compiled.
+
+    ``weight`` has x's shape or one map (N, 1, H, W) shared by the channels. Every other path (and any
+    other weight shape) is :func:`poolkit.layers.windows.window_weighted_mean`, the reference.
+
+    Shape:
+        (N, C, H, W) and (N, C or 1, H, W) -> (N, C, H_out, W_out) in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+        >>> w = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+        >>> window_weighted_mean_fused(x, w, PoolGeometry.create(2)).item()   # (1 + 4) / 2
+        2.5
+    """
+    n, c, h, w = x.shape
+    if (
+        weight.dim() == 4
+        and tuple(weight.shape) in ((n, c, h, w), (n, 1, h, w))
+        and weight.dtype == x.dtype
+        and x.device.type == "cpu"  # no Triton kernel of the weighted mean yet
+        and kernel_path(x, geometry) == "compiled"
+    ):
+        y, _ = window_weighted_mean_op(x, weight, float(eps), *_geometry_args(geometry, x))
+        return y
+    return window_weighted_mean(x, weight, geometry, eps)
 
 
 def window_topk_mean_fused(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
