@@ -159,7 +159,9 @@ def test_max_of_the_top_k_operator_follows_max_pool2d(channels_last: bool) -> No
     m0 = F.max_pool2d(leaf0, 3, 2, 1, ceil_mode=True)
     weight = torch.randn_like(m0)
     assert torch.equal(m, m0)
-    assert torch.equal(
+    # The same cells get the same terms; a cell that is the maximum of several windows sums them in
+    # another order than max_pool2d's backward, hence closeness rather than bit equality.
+    torch.testing.assert_close(
         torch.autograd.grad((m * weight).sum(), leaf)[0], torch.autograd.grad((m0 * weight).sum(), leaf0)[0]
     )
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from poolkit.layers.fused import use_fused_kernels, window_max_mean, window_max_topk_mean
-from poolkit.layers.windows import PoolGeometry, min_window_count
+from poolkit.layers.fused import use_fused_kernels, window_max_mean, window_max_topk_mean, window_power_mean
+from poolkit.layers.windows import PoolGeometry, min_window_count, window_mean, window_weighted_mean
 from pools import reseed
 
 if os.environ.get("TRITON_INTERPRET") != "1":
@@ -116,3 +116,54 @@ def test_triton_first_maximum_and_nan_follow_max_pool2d() -> None:
 def test_registering_the_cuda_kernels_is_idempotent() -> None:
     triton_window.register_cuda_kernels()
     triton_window.register_cuda_kernels()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_triton_power_mean_equals_the_reference(channels_last: bool) -> None:
+    reseed(2)
+    p = torch.tensor(2.5, dtype=torch.float64)
+    for geometry in GEOMETRIES:
+        g = PoolGeometry.create(*geometry)
+        x = F.relu(_input(7, 6, torch.float64, False, channels_last))  # zeros below eps
+        args = _args(g, 7, 6)
+        leaf = x.clone().requires_grad_()
+        with use_fused_kernels("off"):
+            y0 = window_power_mean(leaf, g, p, 1e-6)
+        weight = torch.randn_like(y0)
+        (grad0,) = torch.autograd.grad((y0 * weight).sum(), leaf)
+        y, s, ds = triton_window.power_mean_forward(x, p, 1e-6, *args)
+        grad = triton_window.power_mean_backward(weight, s, x, p, 1e-6, *args[:4], channels_last)
+        z = x.clamp(min=1e-6)
+        with use_fused_kernels("off"):
+            s0 = window_mean(z.pow(2.5), g)
+            ds0 = window_mean(z.pow(2.5) * z.log(), g)
+        context = str(g)
+        torch.testing.assert_close(y, y0, msg=context)
+        torch.testing.assert_close(s, s0, msg=context)
+        torch.testing.assert_close(ds, ds0, msg=context)
+        torch.testing.assert_close(grad, grad0, msg=context)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+def test_triton_weighted_mean_equals_the_reference(channels_last: bool, shared: bool) -> None:
+    reseed(3)
+    for geometry in GEOMETRIES:
+        g = PoolGeometry.create(*geometry)
+        x = _input(7, 6, torch.float64, False, channels_last)
+        w = torch.rand(2, 1 if shared else 3, 7, 6, dtype=torch.float64).add(0.05)
+        if channels_last:
+            w = w.contiguous(memory_format=torch.channels_last)
+        args = _args(g, 7, 6)
+        leaf_x, leaf_w = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y0 = window_weighted_mean(leaf_x, leaf_w, g, 0.1)
+        probe = torch.randn_like(y0)
+        grad_x0, grad_w0 = torch.autograd.grad((y0 * probe).sum(), [leaf_x, leaf_w])
+        y, d = triton_window.weighted_mean_forward(x, w, 0.1, *args)
+        grad_x, grad_w = triton_window.weighted_mean_backward(probe, y, d, x, w, *args[:4], channels_last)
+        if shared:
+            grad_w = grad_w.sum(1, keepdim=True)
+        context = str(g)
+        torch.testing.assert_close(y, y0, msg=context)
+        torch.testing.assert_close(grad_x, grad_x0, msg=context)
+        torch.testing.assert_close(grad_w, grad_w0, msg=context)

@@ -218,13 +218,9 @@ def window_power_mean(x: Tensor, geometry: PoolGeometry, p: Tensor | float, eps:
         >>> round(window_power_mean(x, PoolGeometry.create(2), 3.0, 1e-6).item(), 6)
         0.183586
     """
-    if (
-        (not isinstance(p, Tensor) or p.numel() == 1)
-        and x.device.type == "cpu"  # no Triton kernel of the power mean yet
-        and kernel_path(x, geometry) == "compiled"
-    ):
-        p_tensor = p if isinstance(p, Tensor) else torch.tensor(float(p), dtype=torch.float64)
-        y, _, _ = window_power_mean_op(x, p_tensor.reshape(()), float(eps), *_geometry_args(geometry, x))
+    if (not isinstance(p, Tensor) or p.numel() == 1) and kernel_path(x, geometry) == "compiled":
+        exponent = p if isinstance(p, Tensor) else x.new_tensor(float(p), dtype=torch.float64)
+        y, _, _ = window_power_mean_op(x, exponent.reshape(()), float(eps), *_geometry_args(geometry, x))
         return y
     xf = x.float() if x.element_size() < 4 else x
     if isinstance(p, Tensor):
@@ -252,7 +248,6 @@ def window_weighted_mean_fused(x: Tensor, weight: Tensor, geometry: PoolGeometry
         weight.dim() == 4
         and tuple(weight.shape) in ((n, c, h, w), (n, 1, h, w))
         and weight.dtype == x.dtype
-        and x.device.type == "cpu"  # no Triton kernel of the weighted mean yet
         and kernel_path(x, geometry) == "compiled"
     ):
         y, _ = window_weighted_mean_op(x, weight, float(eps), *_geometry_args(geometry, x))
