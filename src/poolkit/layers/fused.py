@@ -1,4 +1,4 @@
-"""M and A (and T_K) of every window in one pass: the compiled kernels, the eager fused path, the native pair.
+"""Window statistics in one pass (M and A, M and T_K, GeM power mean, weighted mean): choose the kernels.
 
 The study's blends (T-Max-Avg with K = kh*kw, Soft T-Max-Avg, Learnable-T, Channel-Adaptive, Mixed, Gated,
 Stochastic Mix) all need the window maximum M and the window mean A of the same windows, and the T-Max-Avg
@@ -15,6 +15,9 @@ and scatter into it. Three paths compute the same values and gradients:
   by view: cell ``t`` of a window receives ``gM * [x_t is the window's first maximum] + gA / n``, where
   "first" follows ``max_pool2d``'s row-major tie rule (it saves the input and M);
 * ``"native"``: ``(window_max, window_mean)``, i.e. ``F.max_pool2d`` and ``F.avg_pool2d``: the reference.
+
+GeM's power mean (:func:`window_power_mean`) and the weighted mean of attention and LIP
+(:func:`window_weighted_mean_fused`) have a compiled kernel and the reference only (no eager fused path).
 
 Choice (:func:`set_fused_kernels` or the ``POOLKIT_FUSED`` environment variable): ``auto`` (the default)
 takes the compiled kernels on CPU (the eager fused path when they cannot be built, with one warning) and the
