@@ -129,6 +129,15 @@ def _compile() -> None:
         )
 
 
+def _summary(error: Exception) -> str:
+    """The cause of a failed build in a few hundred characters: the first line and the last two (a compiler
+    error ends with its cause, e.g. ``c++: not found``, after the long command line)."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 3:
+        lines = [lines[0][:150] + " ...", *lines[-2:]]
+    return f"{type(error).__name__}: " + " | ".join(line[:300] for line in lines)
+
+
 @torch.compiler.assume_constant_result
 def cpu_kernels_available() -> bool:
     """Whether the compiled CPU kernels are loaded, building them on the first call.
@@ -144,7 +153,7 @@ def cpu_kernels_available() -> bool:
             try:
                 _compile()
             except Exception as error:  # no compiler, no ninja, a broken toolchain: keep the eager path
-                _status.state, _status.error = "failed", f"{type(error).__name__}: {error}".strip()[:500]
+                _status.state, _status.error = "failed", _summary(error)
                 warnings.warn(
                     "poolkit: the compiled CPU window kernels could not be built, so the pools use the "
                     f"slower eager path ({_status.error}). Install a C++ compiler (gcc/g++) and ninja "
