@@ -14,6 +14,7 @@ import poolkit
 from poolkit import bench
 from poolkit.bench import NATIVE, ModelResult, OpCase, OpResult
 from poolkit.bench.timing import _traffic
+from poolkit.layers.fused import use_fused_kernels
 
 TINY = OpCase("tiny", (2, 4, 8, 8), 2, 2)
 
@@ -241,6 +242,31 @@ def test_model_level_round_robin_for_vgg16_and_resnet18():
     assert "× max (median of rounds)" in table and "stochastic_mix" in table
 
 
+def test_kernel_paths_add_rows_per_pool_and_the_environment_names_the_kernels():
+    with use_fused_kernels("auto"):  # the plain rows are the current mode's
+        rows = bench.bench_ops(
+            ["channel_adaptive", "tmaxavg"],
+            [TINY],
+            layouts=["channels_last"],
+            dtypes=["float32"],
+            modes=["fwd+bwd", "memory"],
+            kernels=("auto", "eager", "off"),
+            min_run_time=0.001,
+        )
+    pools = {r.pool for r in rows}
+    assert pools == {
+        NATIVE,
+        *(f"{p}{suffix}" for p in ("channel_adaptive", "tmaxavg") for suffix in ("", " [eager]", " [off]")),
+    }
+    assert all(r.error is None and r.ratio is not None for r in rows)
+    with pytest.raises(ValueError, match="unknown kernel path 'fast'"):
+        bench.bench_ops(["max"], [TINY], kernels=("fast",))
+    with use_fused_kernels("auto"):
+        env = bench.environment()
+    assert env["fused"] == "auto"
+    assert env["compiled_kernels"].startswith(("ready", "unavailable"))
+
+
 def test_unknown_names_are_clear(capsys):
     parser = _parser()
     with pytest.raises(SystemExit):
@@ -255,6 +281,8 @@ def test_unknown_names_are_clear(capsys):
     assert "valid layouts are: nchw, channels_last" in capsys.readouterr().err
     assert bench.main(parser.parse_args(["--rounds", "0"])) == 2
     assert "--rounds must be positive" in capsys.readouterr().err
+    assert bench.main(parser.parse_args(["--kernels", "auto,fast"])) == 2
+    assert "valid kernel paths are: auto, on, eager, off" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"valid pools|valid names"):
         bench.bench_ops(["nope"], [TINY])
 

@@ -17,6 +17,7 @@ from poolkit.bench.models import ModelResult, bench_models
 from poolkit.bench.ops import (
     _ALL_DTYPES,
     DTYPES,
+    KERNELS,
     LAYOUTS,
     MODES,
     NATIVE,
@@ -38,6 +39,7 @@ from poolkit.bench.output import (
 from poolkit.bench.targets import TARGET_METHODS, TargetResult, evaluate_targets
 from poolkit.bench.timing import _resolve_device
 from poolkit.io import atomic_write_text
+from poolkit.layers.fused import fused_kernel_mode
 from poolkit.registry import STUDY_METHODS
 
 __all__ = ["add_arguments", "expand_pools", "main"]
@@ -126,6 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     op.add_argument(
         "--compile", action="store_true", help="torch.compile every pool and the native reference"
     )
+    op.add_argument(
+        "--kernels", action=_ListAction, default=None, metavar="PATH",
+        help="kernel paths to time every pool with, repeatable or comma list: "
+        f"{', '.join(KERNELS)} (default: POOLKIT_FUSED, itself auto by default: the compiled kernels on "
+        "CPU); a path other than that one adds rows 'pool [path]': --kernels auto,eager,off compares the "
+        "compiled kernels, the eager fused path and the native pair",
+    )  # fmt: skip
     model = parser.add_argument_group("model level")
     model.add_argument(
         "--model", action=_ListAction, default=None, metavar="NAME",
@@ -213,6 +222,8 @@ def _main(args: argparse.Namespace) -> int:
     _check_names("layout", layouts, LAYOUTS)
     dtypes = args.dtype or list(DTYPES)
     _check_names("dtype", dtypes, _ALL_DTYPES)
+    kernels = args.kernels or [fused_kernel_mode()]
+    _check_names("kernel path", kernels, KERNELS)
     models = args.model or ["vgg16"]
     from poolkit.models import list_models
 
@@ -237,7 +248,8 @@ def _main(args: argparse.Namespace) -> int:
     model_rows: list[ModelResult] = []
     total = 0
     if "op" in levels:
-        total += len(cases) * len(layouts) * len(dtypes) * len(op_devices) * _group_entries(pools, modes)
+        groups = len(cases) * len(layouts) * len(dtypes) * len(op_devices)
+        total += groups * _group_entries(pools, modes, len(kernels))
     if "model" in levels:
         total += len(models) * len(model_devices) * (len(set(pools) | {"max"}) * (1 + max(args.rounds, 0)))
     with _progress(total, disable=args.no_progress) as tick:
@@ -255,6 +267,7 @@ def _main(args: argparse.Namespace) -> int:
                 devices=op_devices,
                 min_run_time=args.min_run_time or 0.2,
                 compile=args.compile,
+                kernels=kernels,
                 progress=tick,
                 on_group=show,
             )

@@ -12,12 +12,14 @@ from torch import Tensor, nn
 
 import poolkit
 from poolkit.bench.timing import _error, _resolve_device, _time, _traffic, gbps, saved_tensor_bytes
+from poolkit.layers.fused import fused_kernel_mode, use_fused_kernels
 
 __all__ = [
     "CLONE",
     "COPY",
     "DEFAULT_CASES",
     "DTYPES",
+    "KERNELS",
     "LAYOUTS",
     "MODES",
     "NATIVE",
@@ -109,6 +111,10 @@ LAYOUTS: tuple[str, ...] = ("nchw", "channels_last")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16")
 _ALL_DTYPES = ("float32", "bfloat16", "float16", "float64")
 MODES: tuple[str, ...] = ("fwd", "fwd+bwd", "memory")
+#: The kernel paths of ``--kernels`` (the modes of :func:`poolkit.layers.fused.set_fused_kernels`). A pool's
+#: row under the process's mode (``POOLKIT_FUSED``, by default ``auto``: compiled on CPU) is named after the
+#: pool; under any other path it is ``"pool [path]"`` (``off``: the native pair).
+KERNELS: tuple[str, ...] = ("auto", "on", "eager", "off")
 #: Row names of the references timed in every group.
 NATIVE = "F.max_pool2d"  # the reference row's name; 1-D and 3-D cases time F.max_pool1d/3d under it
 COPY = "copy"
@@ -193,9 +199,9 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _group_entries(pools: Sequence[str], modes: Sequence[str]) -> int:
+def _group_entries(pools: Sequence[str], modes: Sequence[str], paths: int = 1) -> int:
     timed = [m for m in modes if m != "memory"]
-    return (2 if "fwd" in modes else 0) + (1 + len(pools)) * (len(timed) + ("memory" in modes))
+    return (2 if "fwd" in modes else 0) + (1 + len(pools) * paths) * (len(timed) + ("memory" in modes))
 
 
 def bench_ops(
@@ -208,6 +214,7 @@ def bench_ops(
     devices: Sequence[str] = ("cpu",),
     min_run_time: float = 0.2,
     compile: bool = False,
+    kernels: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
     on_group: Callable[[list[OpResult]], None] | None = None,
 ) -> list[OpResult]:
@@ -223,6 +230,9 @@ def bench_ops(
         min_run_time: seconds of timing per entry at least (after warm-up; :data:`MIN_SAMPLES` samples
             at least).
         compile: ``torch.compile`` every pool and the native reference (the memory count stays eager).
+        kernels: kernel paths of :data:`KERNELS` to time each pool with (default: the current mode only); a
+            pool's row under the current mode is named after the pool, under any other path
+            ``"pool [path]"`` (the targets read the plain rows).
         progress: called with a short label before each entry.
         on_group: called with each group's rows when the group is done (to print tables as they come).
 
@@ -236,6 +246,10 @@ def bench_ops(
     for layout in layouts:
         if layout not in LAYOUTS:
             raise ValueError(f"unknown layout {layout!r}; valid layouts are: {', '.join(LAYOUTS)}")
+    kernels = list(kernels or [fused_kernel_mode()])
+    for path in kernels:
+        if path not in KERNELS:
+            raise ValueError(f"unknown kernel path {path!r}; valid paths are: {', '.join(KERNELS)}")
     names = list(dict.fromkeys(poolkit.get_pool_spec(p).name for p in pools))
     results: list[OpResult] = []
     for device_name in devices:
@@ -245,7 +259,7 @@ def bench_ops(
             for layout in layouts if case.spatial_dims == 2 else [lay for lay in layouts if lay == "nchw"]:
                 for dtype in dtypes:
                     rows = _bench_group(
-                        names, case, layout, dtype, device, modes, min_run_time, compile, progress
+                        names, case, layout, dtype, device, modes, min_run_time, compile, kernels, progress
                     )
                     results.extend(rows)
                     if on_group:
@@ -262,6 +276,7 @@ def _bench_group(
     modes: Sequence[str],
     min_run_time: float,
     compile: bool,
+    paths: Sequence[str],
     progress: Callable[[str], None] | None,
 ) -> list[OpResult]:
     dtype = _dtype(dtype_name)
@@ -324,22 +339,25 @@ def _bench_group(
 
         return build
 
-    entries: list[tuple[str, Callable[[], Built]]] = [(NATIVE, native)]
-    entries += [(name, builder(name)) for name in names]
+    current = fused_kernel_mode()
+    entries: list[tuple[str, Callable[[], Built], str]] = [(NATIVE, native, current)]
+    for name in names:
+        entries += [(name if path == current else f"{name} [{path}]", builder(name), path) for path in paths]
 
-    for name, build in entries:
+    for name, build, path in entries:
         try:
-            eager, params, n_params = build()
+            pool, params, n_params = build()
         except Exception as exc:  # the pool cannot even be built (e.g. a dtype it refuses)
             rows.extend(row(mode, name, error=_error(exc)) for mode in modes)
             continue
-        fn: Callable[[Tensor], Tensor] = torch.compile(eager) if compile else eager  # type: ignore[assignment]
+        eager = _on_path(pool, path)
+        fn = _on_path(torch.compile(pool), path) if compile else eager
         for mode in modes:
             if progress:
                 progress(f"{label} {mode} {name}")
             try:
                 if mode == "memory":
-                    owned = [*eager.parameters(), *eager.buffers()] if isinstance(eager, nn.Module) else []
+                    owned = [*pool.parameters(), *pool.buffers()] if isinstance(pool, nn.Module) else []
                     saved = saved_tensor_bytes(eager, x, owned)
                     rows.append(
                         row(
@@ -369,6 +387,18 @@ def _bench_group(
                 rows.append(row(mode, name, error=_error(exc), params=n_params))
     _add_ratios(rows)
     return rows
+
+
+def _on_path(fn: Callable[[Tensor], Tensor], path: str) -> Callable[[Tensor], Tensor]:
+    """``fn`` run with the kernel path ``path`` (its forward picks the kernels; backward follows them)."""
+    if path == fused_kernel_mode():
+        return fn
+
+    def run(x: Tensor) -> Tensor:
+        with use_fused_kernels(path):  # type: ignore[arg-type]
+            return fn(x)
+
+    return run
 
 
 def _time_entry(

@@ -294,10 +294,24 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "gpu": None,
     }
+    info.update(_kernels())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
         info["cuda"] = torch.version.cuda
         info["cudnn"] = torch.backends.cudnn.version()
+    return info
+
+
+def _kernels() -> dict[str, Any]:
+    """The kernel mode and, where it uses them, the compiled CPU kernels' state and one-time build time."""
+    from poolkit.kernels import cpu_kernels_available, kernel_status
+    from poolkit.layers.fused import fused_kernel_mode
+
+    mode = fused_kernel_mode()
+    info: dict[str, Any] = {"fused": mode}
+    if mode in ("auto", "on"):
+        cpu_kernels_available()  # builds them now, so that the build is not timed as a pool
+        info["compiled_kernels"] = kernel_status().describe()
     return info
 
 

@@ -27,12 +27,12 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
+from poolkit.layers.fused import window_weighted_mean_fused
 from poolkit.layers.windows import (
     Geometry,
     min_window_count,
     unfold_windows,
     window_mask,
-    window_weighted_mean,
 )
 from poolkit.registry import register_pool
 
@@ -55,7 +55,7 @@ def _attention_map(x: Tensor, weight1: Tensor, bias1: Tensor, weight2: Tensor, b
 def _attention(
     x: Tensor, g: Geometry, weight1: Tensor, bias1: Tensor, weight2: Tensor, bias2: Tensor, eps: float
 ) -> Tensor:
-    return window_weighted_mean(x, _attention_map(x, weight1, bias1, weight2, bias2), g, eps)
+    return window_weighted_mean_fused(x, _attention_map(x, weight1, bias1, weight2, bias2), g, eps)
 
 
 def attention_pool2d(
@@ -160,7 +160,7 @@ def _lip(
 ) -> Tensor:
     logits = _lip_logits(x, conv_weight, norm_weight, norm_bias, norm_eps)
     # Logits lie in [0, 12]; exp(logit - 12) in [e^-12, 1] gives the same ratio and fits float16.
-    return window_weighted_mean(x, torch.exp(logits - _LIP_GATE).to(x.dtype), g)
+    return window_weighted_mean_fused(x, torch.exp(logits - _LIP_GATE).to(x.dtype), g)
 
 
 def lip_pool2d(
@@ -262,7 +262,7 @@ class AttentionPool(Pool2d):
         return _attention_map(x, self.hidden.weight, self.hidden.bias, self.score.weight, self.score.bias)
 
     def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
-        return window_weighted_mean(x, self.attention_map(x), geometry, self.eps)
+        return window_weighted_mean_fused(x, self.attention_map(x), geometry, self.eps)
 
     def functional_kwargs(self) -> dict[str, object]:
         return {

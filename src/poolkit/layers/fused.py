@@ -1,25 +1,30 @@
-"""M and A of every window in one pass over strided views, with a backward pass that saves only M.
+"""Window statistics in one pass (M and A, M and T_K, GeM power mean, weighted mean): choose the kernels.
 
 The study's blends (T-Max-Avg with K = kh*kw, Soft T-Max-Avg, Learnable-T, Channel-Adaptive, Mixed, Gated,
-Stochastic Mix) all need the window maximum M and the window mean A of the same windows. Calling
-``F.max_pool2d`` and ``F.avg_pool2d`` separately costs two native kernels forward and, worse, two native
-backward kernels that each allocate and zero an input-sized gradient and scatter into it (on a CPU the
-backward of ``max_pool2d`` dominates its cost). :func:`window_max_mean` instead:
+Stochastic Mix) all need the window maximum M and the window mean A of the same windows, and the T-Max-Avg
+family M and the top-K mean T_K. Calling ``F.max_pool2d`` and ``F.avg_pool2d`` separately costs two native
+kernels forward and, worse, two native backward kernels that each allocate and zero an input-sized gradient
+and scatter into it. Three paths compute the same values and gradients:
 
-* views the input as ``kh * kw`` strided tensors, one per window cell (``x[..., i*d - p :: s, j*d - p :: s]``
-  restricted to the output positions where that cell is a real input cell), and reduces them with
-  elementwise ``maximum`` and ``add``: no unfolding, no sorting, no index tensor;
-* in backward, writes the input gradient view by view: cell ``t`` of a window receives
-  ``gM * [x_t is the window's first maximum] + gA / n``, where "first" follows ``max_pool2d``'s row-major
-  tie rule, so the gradient equals that of the native pair exactly (a NaN window passes no gradient to M).
-  Where windows tile the input (stride = kernel, no padding) every input cell is written once and the
-  gradient needs no zero fill;
-* saves the input (which the layer before keeps anyway) and M, against ``max_pool2d``'s input and int64
-  indices.
+* ``"compiled"``: the custom operators of :mod:`poolkit.kernels` (C++ on CPU, Triton on CUDA): one read of
+  the input forward, one write of the input gradient backward, the int32 index of the first maximum saved
+  instead of the input;
+* ``"eager"``: :func:`window_max_mean` views the input as ``kh * kw`` strided tensors, one per window cell
+  (``x[..., i*d - p :: s, j*d - p :: s]`` restricted to the output positions where that cell is a real input
+  cell), and reduces them with elementwise ``maximum`` and ``add``; backward writes the input gradient view
+  by view: cell ``t`` of a window receives ``gM * [x_t is the window's first maximum] + gA / n``, where
+  "first" follows ``max_pool2d``'s row-major tie rule (it saves the input and M);
+* ``"native"``: ``(window_max, window_mean)``, i.e. ``F.max_pool2d`` and ``F.avg_pool2d``: the reference.
 
-The fused kernels are used on CPU, where they were measured faster (``poolkit bench``, docs/benchmarks.md);
-CUDA keeps the native pair by default until measured there. :func:`set_fused_kernels` (or the
-``POOLKIT_FUSED`` environment variable: ``auto``, ``on``, ``off``) chooses, and the tests compare both paths.
+GeM's power mean (:func:`window_power_mean`) and the weighted mean of attention and LIP
+(:func:`window_weighted_mean_fused`) have a compiled kernel and the reference only (no eager fused path).
+
+Choice (:func:`set_fused_kernels` or the ``POOLKIT_FUSED`` environment variable): ``auto`` (the default)
+takes the compiled kernels on CPU (the eager fused path when they cannot be built, with one warning) and the
+native pair on other devices until the fused kernels are measured there; ``on`` takes the compiled kernels
+where they exist (the Triton ones on CUDA, with triton installed) and the eager fused path elsewhere;
+``eager`` the eager fused path; ``off`` the native pair. :func:`kernel_path` says which path an input takes.
+The tests compare every path with the native one.
 """
 
 from __future__ import annotations
@@ -34,6 +39,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from poolkit.kernels.build import cpu_kernels_available, cuda_kernels_available
+from poolkit.kernels.ops import (
+    window_max_mean_op,
+    window_max_topk_mean_op,
+    window_power_mean_op,
+    window_weighted_mean_op,
+)
 from poolkit.layers.windows import (
     PoolGeometry,
     _memoize,
@@ -42,20 +54,29 @@ from poolkit.layers.windows import (
     window_max,
     window_mean,
     window_topk_mean,
+    window_weighted_mean,
 )
 
 __all__ = [
+    "fused_kernel_mode",
     "fused_kernels_enabled",
+    "kernel_path",
     "set_fused_kernels",
     "use_fused_kernels",
     "window_max_mean",
+    "window_max_topk_mean",
+    "window_power_mean",
     "window_topk_mean_fused",
+    "window_weighted_mean_fused",
 ]
 
-Mode = Literal["auto", "on", "off"]
-_MODES = ("auto", "on", "off")
-#: Windows with more cells than this use the native kernels (the views path makes one pass per cell).
+Mode = Literal["auto", "on", "eager", "off"]
+KernelPath = Literal["compiled", "eager", "native"]
+_MODES = ("auto", "on", "eager", "off")
+#: Windows with more cells than this skip the eager fused path (it makes one pass per cell).
 MAX_FUSED_AREA = 16
+#: The dtypes of the compiled kernels.
+COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _mode_from_environment() -> Mode:
@@ -69,16 +90,21 @@ _state: dict[str, Mode] = {"mode": _mode_from_environment()}
 
 
 def set_fused_kernels(mode: Mode | bool) -> None:
-    """Choose the M/A kernels for every pool: ``"auto"`` (fused on CPU, native on CUDA), ``"on"``, ``"off"``.
+    """Choose the kernels of M/A and T_K for every pool: ``"auto"``, ``"on"``, ``"eager"`` or ``"off"``.
 
-    ``True``/``False`` mean ``"on"``/``"off"``. The results are equal either way (up to float rounding of
-    the sum); only speed and memory differ.
+    See the module docstring for what each mode takes. ``True``/``False`` mean ``"on"``/``"off"``. The
+    results are equal either way (up to float rounding of the sums); only speed and memory differ.
     """
     if isinstance(mode, bool):
         mode = "on" if mode else "off"
     if mode not in _MODES:
         raise ValueError(f"fused kernel mode must be one of {', '.join(_MODES)} or a bool, got {mode!r}")
     _state["mode"] = mode
+
+
+def fused_kernel_mode() -> Mode:
+    """The current mode of :func:`set_fused_kernels` (initially ``POOLKIT_FUSED``, default ``"auto"``)."""
+    return _state["mode"]
 
 
 @contextlib.contextmanager
@@ -103,16 +129,39 @@ def use_fused_kernels(mode: Mode | bool) -> Iterator[None]:
         _state["mode"] = previous
 
 
-def fused_kernels_enabled(x: Tensor, geometry: PoolGeometry) -> bool:
-    """Whether :func:`window_max_mean` takes the fused path for this input and geometry."""
+def kernel_path(x: Tensor, geometry: PoolGeometry, k: int | None = None) -> KernelPath:
+    """The path that :func:`window_max_mean` (``k`` None) or :func:`window_max_topk_mean` takes for ``x``.
+
+    Windows with fewer real cells than needed (none, or fewer than K) always take the native path.
+    """
     mode = _state["mode"]
     if not isinstance(geometry, PoolGeometry) or geometry.spatial_dims != 2:
-        return False  # 3-D and adaptive windows take the eager path (1-D pools arrive lifted to 2-D)
-    if mode == "off" or geometry.area > MAX_FUSED_AREA or geometry.area == 1:
-        return False
+        return "native"  # 3-D and adaptive windows take the reference path (1-D pools arrive lifted to 2-D)
+    if mode == "off":
+        return "native"
+    if min_window_count(geometry, x.shape[-2], x.shape[-1]) < (k or 1):
+        return "native"
+    if mode in ("auto", "on") and x.dtype in COMPILED_DTYPES:
+        if x.device.type == "cpu" and cpu_kernels_available():
+            return "compiled"
+        if mode == "on" and x.device.type == "cuda" and cuda_kernels_available():
+            return "compiled"  # the Triton kernels: opt-in until measured on a GPU
     if mode == "auto" and x.device.type != "cpu":
-        return False
-    return min_window_count(geometry, x.shape[-2], x.shape[-1]) > 0
+        return "native"
+    if torch.compiler.is_compiling() or geometry.area > MAX_FUSED_AREA or geometry.area == 1:
+        return "native"
+    return "eager"
+
+
+def fused_kernels_enabled(x: Tensor, geometry: PoolGeometry) -> bool:
+    """Whether :func:`window_max_mean` takes a fused path (compiled or eager) for this input and geometry."""
+    return kernel_path(x, geometry) != "native"
+
+
+def _geometry_args(geometry: PoolGeometry, x: Tensor) -> tuple[list[int], ...]:
+    g = geometry
+    out = g.output_size(x.shape[-2], x.shape[-1])
+    return list(g.kernel_size), list(g.stride), list(g.padding), list(g.dilation), list(out)
 
 
 def window_max_mean(x: Tensor, geometry: PoolGeometry) -> tuple[Tensor, Tensor]:
@@ -127,21 +176,102 @@ def window_max_mean(x: Tensor, geometry: PoolGeometry) -> tuple[Tensor, Tensor]:
         >>> m.item(), a.item()
         (6.0, 3.0)
     """
-    if fused_kernels_enabled(x, geometry) and not torch.compiler.is_compiling():
+    path = kernel_path(x, geometry)
+    if path == "compiled":
+        m, a, _ = window_max_mean_op(x, *_geometry_args(geometry, x))
+        return m, a
+    if path == "eager":
         m, a = _MaxMean.apply(x, geometry)
         return m, a
     return window_max(x, geometry), window_mean(x, geometry)
 
 
+def window_max_topk_mean(x: Tensor, geometry: PoolGeometry, k: int) -> tuple[Tensor, Tensor]:
+    """M and T_K (the mean of the K largest real cells) of every window, in one pass where compiled.
+
+    ``K >= kh * kw`` gives ``(M, A)`` and ``K == 1`` gives ``(M, M)``.
+
+    Shape:
+        (N, C, H, W) -> two (N, C, H_out, W_out) tensors in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 4.0, 2.0], [3.0, 0.0, 5.0], [6.0, 7.0, 8.0]]]])
+        >>> m, top = window_max_topk_mean(x, PoolGeometry.create(3), 4)
+        >>> m.item(), top.item()   # 8 and (8 + 7 + 6 + 5) / 4
+        (8.0, 6.5)
+    """
+    if k >= geometry.area:
+        return window_max_mean(x, geometry)
+    if k > 1 and kernel_path(x, geometry, k) == "compiled":
+        m, top, *_ = window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))
+        return m, top
+    return window_max(x, geometry), window_topk_mean_fused(x, geometry, k)
+
+
+def window_power_mean(x: Tensor, geometry: PoolGeometry, p: Tensor | float, eps: float) -> Tensor:
+    """GeM's power mean ``y = (mean_R clamp(x, eps)^p)^(1/p)`` of every window, ``p`` a positive scalar.
+
+    The compiled path (:func:`kernel_path` ``"compiled"``) computes it in one pass, with the gradients of x
+    and p; every other path is the reference: the native ``avg_pool2d`` of ``clamp(x, eps)^p``, in float32
+    for float16/bfloat16 inputs (x^p overflows float16 quickly) and cast back.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H_out, W_out) in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> round(window_power_mean(x, PoolGeometry.create(2), 3.0, 1e-6).item(), 6)
+        0.183586
+    """
+    if (not isinstance(p, Tensor) or p.numel() == 1) and kernel_path(x, geometry) == "compiled":
+        exponent = p if isinstance(p, Tensor) else x.new_tensor(float(p), dtype=torch.float64)
+        y, _, _ = window_power_mean_op(x, exponent.reshape(()), float(eps), *_geometry_args(geometry, x))
+        return y
+    xf = x.float() if x.element_size() < 4 else x
+    if isinstance(p, Tensor):
+        p = p.to(xf.dtype)
+    return window_mean(xf.clamp(min=eps).pow(p), geometry).pow(1.0 / p).to(x.dtype)
+
+
+def window_weighted_mean_fused(x: Tensor, weight: Tensor, geometry: PoolGeometry, eps: float = 0.0) -> Tensor:
+    """``sum_R(weight * x) / (sum_R(weight) + eps)`` of every window, in one pass where compiled.
+
+    ``weight`` has x's shape or one map (N, 1, H, W) shared by the channels. Every other path (and any
+    other weight shape) is :func:`poolkit.layers.windows.window_weighted_mean`, the reference.
+
+    Shape:
+        (N, C, H, W) and (N, C or 1, H, W) -> (N, C, H_out, W_out) in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]])
+        >>> w = torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]])
+        >>> window_weighted_mean_fused(x, w, PoolGeometry.create(2)).item()   # (1 + 4) / 2
+        2.5
+    """
+    if x.dim() != 4:
+        return window_weighted_mean(x, weight, geometry, eps)
+    n, c, h, w = x.shape
+    if (
+        weight.dim() == 4
+        and tuple(weight.shape) in ((n, c, h, w), (n, 1, h, w))
+        and weight.dtype == x.dtype
+        and kernel_path(x, geometry) == "compiled"
+    ):
+        y, _ = window_weighted_mean_op(x, weight, float(eps), *_geometry_args(geometry, x))
+        return y
+    return window_weighted_mean(x, weight, geometry, eps)
+
+
 def window_topk_mean_fused(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
     """T_K, the mean of the K largest cells of each window, for ``1 < K < kh * kw``.
 
-    The fused path keeps each window's K largest values sorted while it streams the kh*kw cell views: a
-    value v enters the sorted list t_1 >= ... >= t_K as ``t_l <- max(t_l, min(t_{l-1}, v))`` for every l at
-    once (t_0 = +inf), three elementwise operations per cell instead of unfolding and sorting. Backward
-    gives g/K to every cell above the K-th largest value and shares the rest among the cells equal to it.
-    Falls back to :func:`poolkit.layers.windows.window_topk_mean` when the fused path is off or a window
-    has fewer than K real cells.
+    The compiled kernel keeps each window's K largest values sorted; so does the eager fused path while it
+    streams the kh*kw cell views: a value v enters the sorted list t_1 >= ... >= t_K as
+    ``t_l <- max(t_l, min(t_{l-1}, v))`` for every l at once (t_0 = +inf), three elementwise operations per
+    cell instead of unfolding and sorting. Backward gives g/K to every cell above the K-th largest value t
+    and shares the remaining ``(K - #above)/K * g`` equally among the cells equal to t. Falls back to
+    :func:`poolkit.layers.windows.window_topk_mean` when the fused paths are off or a window has fewer
+    than K real cells.
 
     Example:
         >>> x = torch.tensor([[[[1.0, 4.0, 2.0], [3.0, 0.0, 5.0], [6.0, 7.0, 8.0]]]])
@@ -149,12 +279,12 @@ def window_topk_mean_fused(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
         ...     window_topk_mean_fused(x, PoolGeometry.create(3), 4).item()   # (8 + 7 + 6 + 5) / 4
         6.5
     """
-    if (
-        fused_kernels_enabled(x, geometry)
-        and not torch.compiler.is_compiling()
-        and 1 < k < geometry.area
-        and min_window_count(geometry, x.shape[-2], x.shape[-1]) >= k
-    ):
+    if not 1 < k < geometry.area:
+        return window_topk_mean(x, geometry, k)
+    path = kernel_path(x, geometry, k)
+    if path == "compiled":
+        return window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))[1]
+    if path == "eager":
         return _TopKMean.apply(x, geometry, k)  # type: ignore[no-any-return]
     return window_topk_mean(x, geometry, k)
 

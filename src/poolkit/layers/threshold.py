@@ -22,8 +22,8 @@ from poolkit.layers.base import (
     check_positive,
     prepare,
 )
-from poolkit.layers.fused import window_max_mean, window_topk_mean_fused
-from poolkit.layers.windows import Geometry, window_max
+from poolkit.layers.fused import window_max_topk_mean
+from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
 __all__ = [
@@ -37,10 +37,8 @@ __all__ = [
 
 
 def _max_and_topk_mean(x: Tensor, g: Geometry, k: int) -> tuple[Tensor, Tensor]:
-    """M and T_K; with K covering the window T_K is the mean A, and both come from one fused pass."""
-    if k >= g.area:
-        return window_max_mean(x, g)
-    return window_max(x, g), window_topk_mean_fused(x, g, k)
+    """M and T_K, from one pass where the fused kernels allow it (K covering the window gives A)."""
+    return window_max_topk_mean(x, g, k)
 
 
 def _t_max_avg(x: Tensor, g: Geometry, k: int, threshold: Tensor | float) -> Tensor:

@@ -1,0 +1,849 @@
+// Window statistics of 2-D pooling in one pass over the input: the CPU kernels of poolkit.kernels.
+//
+// One translation unit, built on first use by torch.utils.cpp_extension.load (see poolkit/kernels/build.py)
+// and registered as the operators poolkit_cpu::*; the public custom operators poolkit::* (Python,
+// poolkit/kernels/ops.py) call them and carry the fake kernels and the autograd formulas.
+//
+// Windows follow nn.MaxPool2d: output o of an axis reads input i = o * stride - pad + t * dilation for the
+// taps t = 0..kernel-1 that fall inside the input. Padded cells never win the maximum and never count in the
+// mean (count_include_pad=False). The output size (ceil_mode included) is computed once, in Python
+// (PoolGeometry.output_size), and passed in.
+//
+// Forward kernels read every window once and write the outputs once. Backward kernels *gather*: each input
+// cell sums the contributions of the windows that contain it (per-axis tables list them), so the input
+// gradient is written exactly once, without a zero fill, without atomics, in parallel over any dimension.
+//
+// Layouts: NCHW (parallel over planes x output rows) and channels_last (parallel over N x positions, C
+// innermost and contiguous, so that the inner loops vectorise). Arithmetic in at::opmath_type (float for
+// float16/bfloat16/float32, double for float64).
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// One axis of the windows. Per output o: its real taps t (input o * stride - pad + t * dilation inside
+// [0, size)); per tap t: the interval [lo, hi) of outputs for which it is real; per input i: the
+// (output, tap) pairs that read it (CSR).
+struct Axis {
+  int64_t size = 0, out = 0, kernel = 0, stride = 0, pad = 0, dilation = 0;
+  std::vector<int64_t> count;       // real cells per output
+  std::vector<int64_t> first;       // first real tap per output (kernel when none)
+  std::vector<int64_t> lo, hi;      // per tap: outputs [lo, hi) where it is real
+  std::vector<int64_t> offsets;     // CSR over inputs: entries offsets[i] .. offsets[i+1]
+  std::vector<int64_t> outs, taps;  // (output, tap) of each entry
+
+  int64_t input(int64_t o, int64_t t) const { return o * stride - pad + t * dilation; }
+  bool real(int64_t o, int64_t t) const {
+    const int64_t i = input(o, t);
+    return i >= 0 && i < size;
+  }
+};
+
+Axis make_axis(int64_t size, int64_t out, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation) {
+  Axis a;
+  a.size = size, a.out = out, a.kernel = kernel, a.stride = stride, a.pad = pad, a.dilation = dilation;
+  a.count.assign(out, 0);
+  a.first.assign(out, kernel);
+  a.lo.assign(kernel, 0);
+  a.hi.assign(kernel, 0);
+  std::vector<int64_t> per_input(size, 0);
+  for (int64_t t = 0; t < kernel; ++t) {
+    bool seen = false;
+    for (int64_t o = 0; o < out; ++o) {
+      if (!a.real(o, t)) continue;
+      if (!seen) a.lo[t] = o;
+      seen = true;
+      a.hi[t] = o + 1;  // the real outputs of a tap form one interval
+    }
+    if (!seen) a.lo[t] = a.hi[t] = 0;
+  }
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t t = 0; t < kernel; ++t) {
+      if (!a.real(o, t)) continue;
+      if (a.count[o] == 0) a.first[o] = t;
+      ++a.count[o];
+      ++per_input[a.input(o, t)];
+    }
+  }
+  a.offsets.assign(size + 1, 0);
+  for (int64_t i = 0; i < size; ++i) a.offsets[i + 1] = a.offsets[i] + per_input[i];
+  a.outs.resize(a.offsets[size]);
+  a.taps.resize(a.offsets[size]);
+  std::vector<int64_t> fill(a.offsets.begin(), a.offsets.end() - 1);
+  for (int64_t o = 0; o < out; ++o) {
+    for (int64_t t = 0; t < kernel; ++t) {
+      if (!a.real(o, t)) continue;
+      const int64_t i = a.input(o, t);
+      a.outs[fill[i]] = o;
+      a.taps[fill[i]] = t;
+      ++fill[i];
+    }
+  }
+  return a;
+}
+
+struct Geometry {
+  Axis h, w;
+  int64_t kw() const { return w.kernel; }
+  int32_t first_cell(int64_t oh, int64_t ow) const { return static_cast<int32_t>(h.first[oh] * w.kernel + w.first[ow]); }
+};
+
+Geometry make_geometry(const Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(x.dim() == 4, "poolkit window kernels expect a 4-D (N, C, H, W) input, got ", x.dim(), "-D");
+  TORCH_CHECK(kernel.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2 &&
+                  out_size.size() == 2,
+              "poolkit window kernels expect (h, w) pairs for kernel, stride, padding, dilation and output size");
+  Geometry g;
+  g.h = make_axis(x.size(2), out_size[0], kernel[0], stride[0], padding[0], dilation[0]);
+  g.w = make_axis(x.size(3), out_size[1], kernel[1], stride[1], padding[1], dilation[1]);
+  return g;
+}
+
+// The layout rule of poolkit.kernels.ops.memory_format: channels_last only when it is the input's layout.
+at::MemoryFormat layout_of(const Tensor& x) {
+  const bool cl = x.size(1) > 1 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  return cl ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// The backward kernels take the forward input's layout as an argument: an output of one cell per channel
+// (H_out = W_out = 1) is contiguous in both layouts and cannot tell.
+at::MemoryFormat layout_flag(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// Per output cell of a plane: 1 / (number of real cells of its window), in the arithmetic type.
+template <typename acc_t>
+std::vector<acc_t> inverse_counts(const Geometry& g) {
+  std::vector<acc_t> inv(g.h.out * g.w.out);
+  for (int64_t oh = 0; oh < g.h.out; ++oh)
+    for (int64_t ow = 0; ow < g.w.out; ++ow) {
+      const int64_t n = g.h.count[oh] * g.w.count[ow];
+      inv[oh * g.w.out + ow] = n > 0 ? acc_t(1) / acc_t(n) : acc_t(0);
+    }
+  return inv;
+}
+
+int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, work_per_item));
+}
+
+// The loops below run over a "line" of L outputs that share a window row and differ along one dimension:
+// NCHW: the W_out outputs of one output row (input read with stride sw); channels_last: the C channels of
+// one output position (input read with stride 1). Each window tap is one pass over the line with no
+// branch, which the compiler vectorises.
+struct Line {
+  bool cl;
+  int64_t n = 0, plane = 0, oh = 0, ow = 0;  // cl: (n, oh, ow); NCHW: (plane, oh)
+};
+
+// Calls visit(cell, tap_input_pointer_offset, step, first output of the line, count) for every real tap
+// of the line's windows, in row-major tap order.
+template <typename Visit>
+inline void for_each_tap(const Geometry& g, const Line& line, int64_t C, Visit&& visit) {
+  const int64_t H = g.h.size, W = g.w.size, kw = g.kw();
+  for (int64_t th = 0; th < g.h.kernel; ++th) {
+    if (!g.h.real(line.oh, th)) continue;
+    const int64_t ih = g.h.input(line.oh, th);
+    for (int64_t tw = 0; tw < kw; ++tw) {
+      const int32_t cell = static_cast<int32_t>(th * kw + tw);
+      if (line.cl) {
+        if (!g.w.real(line.ow, tw)) continue;
+        visit(cell, ((line.n * H + ih) * W + g.w.input(line.ow, tw)) * C, int64_t(1), int64_t(0), C);
+      } else {
+        const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw];
+        if (hi <= lo) continue;
+        visit(cell, (line.plane * H + ih) * W + g.w.input(lo, tw), g.w.stride, lo, hi - lo);
+      }
+    }
+  }
+}
+
+Line line_of(bool cl, int64_t r, const Geometry& g) {
+  Line line{cl};
+  if (cl) {
+    line.n = r / (g.h.out * g.w.out), line.oh = (r / g.w.out) % g.h.out, line.ow = r % g.w.out;
+  } else {
+    line.plane = r / g.h.out, line.oh = r % g.h.out;
+  }
+  return line;
+}
+
+// ------------------------------------------------------------------------------------------- max and mean
+
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void max_mean_step(const scalar_t* src, int64_t step, int64_t n, int32_t cell, acc_t* __restrict best,
+                          acc_t* __restrict sum, int32_t* __restrict where) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    const bool take = v > best[j] || v != v;  // max_pool2d's rule: first strict maximum, a NaN always wins
+    best[j] = take ? v : best[j];
+    where[j] = take ? cell : where[j];
+    sum[j] += v;
+  }
+}
+
+template <typename scalar_t>
+void max_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, Tensor& m, Tensor& a, Tensor& idx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* mp = m.mutable_data_ptr<scalar_t>();
+  scalar_t* ap = a.mutable_data_ptr<scalar_t>();
+  int32_t* ip = idx.mutable_data_ptr<int32_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw()), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> best(L), sum(L);
+    std::vector<int32_t> where(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      for (int64_t j = 0; j < L; ++j) {
+        best[j] = -std::numeric_limits<acc_t>::infinity();
+        sum[j] = 0;
+        where[j] = g.first_cell(line.oh, cl ? line.ow : j);
+      }
+      for_each_tap(g, line, C, [&](int32_t cell, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          max_mean_step<true>(xp + offset, 1, n, cell, best.data() + lo, sum.data() + lo, where.data() + lo);
+        } else {
+          max_mean_step<false>(xp + offset, step, n, cell, best.data() + lo, sum.data() + lo, where.data() + lo);
+        }
+      });
+      const int64_t out = r * L;  // NCHW: (plane * OH + oh) * OW; channels_last: ((n * OH + oh) * OW + ow) * C
+      for (int64_t j = 0; j < L; ++j) {
+        mp[out + j] = static_cast<scalar_t>(best[j]);
+        ap[out + j] = static_cast<scalar_t>(sum[j] * inv[line.oh * OW + (cl ? line.ow : j)]);
+        ip[out + j] = where[j];
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> max_mean_forward(const Tensor& input, at::IntArrayRef kernel,
+                                                    at::IntArrayRef stride, at::IntArrayRef padding,
+                                                    at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  Tensor m = at::empty(shape, x.options().memory_format(fmt));
+  Tensor a = at::empty(shape, x.options().memory_format(fmt));
+  Tensor idx = at::empty(shape, x.options().dtype(at::kInt).memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_mean_forward", [&] {
+    max_mean_forward_impl<scalar_t>(x, g, fmt == at::MemoryFormat::ChannelsLast, m, a, idx);
+  });
+  return {m, a, idx};
+}
+
+// The gradient that one window passes to one of its cells: gM if the cell is the window's first maximum,
+// plus gA / n. Branch-free (every operand loaded, a select instead of a jump): which cell holds the maximum
+// is data, and a mispredicted branch per cell costs more than the arithmetic.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t grad_of_cell(int32_t index, int32_t cell, scalar_t grad_m, scalar_t grad_a, acc_t inv_count) {
+  const acc_t gm = static_cast<acc_t>(grad_m);
+  return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_a) * inv_count;
+}
+
+// The gradient that one window passes to one of its cells of value v for (M, T_K): gM if the cell is the
+// first maximum; gT / K if v is above the K-th largest value, gT * tie if equal to it. Branch-free.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+inline acc_t topk_grad_of_cell(int32_t index, int32_t cell, scalar_t grad_m, scalar_t grad_t, scalar_t value,
+                               scalar_t kth, acc_t tie, acc_t inv_k) {
+  const acc_t gm = static_cast<acc_t>(grad_m), v = static_cast<acc_t>(value), t = static_cast<acc_t>(kth);
+  const acc_t share = v > t ? inv_k : acc_t(0);
+  const acc_t tied = v == t ? tie : acc_t(0);
+  return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_t) * (share + tied);
+}
+
+// Input gradient of (M, A): cell (ih, iw) of a window gets gM where it is the window's first maximum, plus
+// gA / n of every window that contains it. NCHW: each thread owns whole input rows and adds every window
+// tap that reads the row into a row buffer; channels_last: each input position gathers its windows.
+template <typename scalar_t>
+void max_mean_backward_impl(const Tensor& gm, const Tensor& ga, const Tensor& idx, const Geometry& g, bool cl,
+                            Tensor& gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const int64_t kw = g.kw();
+  const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
+  const scalar_t* gap = ga.const_data_ptr<scalar_t>();
+  const int32_t* ip = idx.const_data_ptr<int32_t>();
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 4), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < kw; ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            const int32_t cell = static_cast<int32_t>(th * kw + tw);
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              dst[(o - lo) * sw] += grad_of_cell(ip[row + o], cell, gmp[row + o], gap[row + o], inv[oh * OW + o]);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = oh * OW + g.w.outs[f];
+            const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
+            const acc_t scale = inv[o];
+            const int64_t at_o = (n * OH * OW + o) * C;
+            const scalar_t* __restrict gmo = gmp + at_o;
+            const scalar_t* __restrict gao = gap + at_o;
+            const int32_t* __restrict io = ip + at_o;
+            for (int64_t c = 0; c < C; ++c) t[c] += grad_of_cell(io[c], cell, gmo[c], gao[c], scale);
+          }
+        }
+      }
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<scalar_t>(t[j]);
+    }
+  });
+}
+
+Tensor max_mean_backward(const Tensor& grad_m, const Tensor& grad_a, const Tensor& idx, at::IntArrayRef in_size,
+                         at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                         at::IntArrayRef dilation, bool channels_last) {
+  TORCH_CHECK(in_size.size() == 2, "poolkit max_mean_backward: in_size must be (H, W)");
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor ix = idx.contiguous(fmt);
+  const Tensor gm = grad_m.contiguous(fmt), ga = grad_a.contiguous(fmt);
+  Tensor gx = at::empty({idx.size(0), idx.size(1), in_size[0], in_size[1]}, grad_m.options().memory_format(fmt));
+  const Geometry g = make_geometry(gx, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gm.scalar_type(), "poolkit_max_mean_backward", [&] {
+    max_mean_backward_impl<scalar_t>(gm, ga, ix, g, fmt == at::MemoryFormat::ChannelsLast, gx);
+  });
+  return gx;
+}
+
+// ----------------------------------------------------------------------------------------- max and top-K
+
+// One tap of the windows of a line: the values v enter the sorted lists top[0] >= ... >= top[k-1] (level l
+// of output j at top[l * L + j]) as top[l] <- max(top[l], min(top[l-1], v)), lowest level first so that each
+// level reads the old value above it; level 0 is the running maximum with max_pool2d's rule and index.
+template <typename acc_t>
+inline void topk_step(const acc_t* __restrict v, int64_t n, int64_t k, int64_t L, int32_t cell,
+                      acc_t* __restrict top, int32_t* __restrict where) {
+  for (int64_t l = k - 1; l > 0; --l) {
+    acc_t* __restrict level = top + l * L;
+    const acc_t* __restrict above = top + (l - 1) * L;
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t entering = above[j] < v[j] ? above[j] : v[j];
+      level[j] = level[j] > entering ? level[j] : entering;
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    const bool take = v[j] > top[j] || v[j] != v[j];
+    top[j] = take ? v[j] : top[j];
+    where[j] = take ? cell : where[j];
+  }
+}
+
+template <typename scalar_t>
+void max_topk_forward_impl(const Tensor& x, const Geometry& g, int64_t k, bool cl, Tensor& m, Tensor& t,
+                           Tensor& idx, Tensor& kth, Tensor& tie) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* mp = m.mutable_data_ptr<scalar_t>();
+  scalar_t* tp = t.mutable_data_ptr<scalar_t>();
+  int32_t* ip = idx.mutable_data_ptr<int32_t>();
+  scalar_t* kp = kth.mutable_data_ptr<scalar_t>();
+  acc_t* sp = tie.mutable_data_ptr<acc_t>();
+  const acc_t inv_k = acc_t(1) / acc_t(k);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * k), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> top(k * L), values(L), above(L), equal(L);
+    std::vector<int32_t> where(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(top.begin(), top.end(), -std::numeric_limits<acc_t>::infinity());
+      for (int64_t j = 0; j < L; ++j) where[j] = g.first_cell(line.oh, cl ? line.ow : j);
+      for_each_tap(g, line, C, [&](int32_t cell, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        const scalar_t* src = xp + offset;
+        for (int64_t j = 0; j < n; ++j) values[j] = static_cast<acc_t>(src[j * step]);
+        topk_step(values.data(), n, k, L, cell, top.data() + lo, where.data() + lo);
+      });
+      // Count the cells above and equal to the K-th largest value: the cells equal to it share the
+      // K - (cells above) remaining places.
+      const acc_t* kth_line = top.data() + (k - 1) * L;
+      std::fill(above.begin(), above.end(), acc_t(0));
+      std::fill(equal.begin(), equal.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        const scalar_t* src = xp + offset;
+        for (int64_t j = 0; j < n; ++j) {
+          const acc_t v = static_cast<acc_t>(src[j * step]);
+          above[lo + j] += v > kth_line[lo + j] ? acc_t(1) : acc_t(0);
+          equal[lo + j] += v == kth_line[lo + j] ? acc_t(1) : acc_t(0);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        acc_t sum = 0;
+        for (int64_t l = 0; l < k; ++l) sum += top[l * L + j];
+        mp[out + j] = static_cast<scalar_t>(top[j]);
+        tp[out + j] = static_cast<scalar_t>(sum * inv_k);
+        ip[out + j] = where[j];
+        kp[out + j] = static_cast<scalar_t>(kth_line[j]);
+        sp[out + j] = equal[j] > 0 ? (acc_t(k) - above[j]) / (acc_t(k) * equal[j]) : acc_t(0);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_forward(const Tensor& input, int64_t k,
+                                                                    at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                                    at::IntArrayRef padding,
+                                                                    at::IntArrayRef dilation,
+                                                                    at::IntArrayRef out_size) {
+  TORCH_CHECK(k >= 1, "poolkit max_topk_forward: k must be positive, got ", k);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const auto opts = x.options().memory_format(fmt);
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor m = at::empty(shape, opts), t = at::empty(shape, opts), kth = at::empty(shape, opts);
+  Tensor idx = at::empty(shape, opts.dtype(at::kInt));
+  Tensor tie = at::empty(shape, opts.dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_forward", [&] {
+    max_topk_forward_impl<scalar_t>(x, g, k, fmt == at::MemoryFormat::ChannelsLast, m, t, idx, kth, tie);
+  });
+  return {m, t, idx, kth, tie};
+}
+
+// Input gradient of (M, T_K): gM to the window's first maximum; gT / K to each cell above the K-th largest
+// value t, gT * tie to each cell equal to it. Same loop structure as max_mean_backward_impl.
+template <typename scalar_t>
+void max_topk_backward_impl(const Tensor& gm, const Tensor& gt, const Tensor& x, const Tensor& idx,
+                            const Tensor& kth, const Tensor& tie, int64_t k, const Geometry& g, bool cl,
+                            Tensor& gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const int64_t kw = g.kw();
+  const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
+  const scalar_t* gtp = gt.const_data_ptr<scalar_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const int32_t* ip = idx.const_data_ptr<int32_t>();
+  const scalar_t* kp = kth.const_data_ptr<scalar_t>();
+  const acc_t* sp = tie.const_data_ptr<acc_t>();
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();
+  const acc_t inv_k = acc_t(1) / acc_t(k);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      const scalar_t* xr = xp + r * L;  // this input row (NCHW) or position (channels_last)
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < kw; ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            const int32_t cell = static_cast<int32_t>(th * kw + tw);
+            const int64_t first = g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              const int64_t iw = first + (o - lo) * sw;
+              t[iw] += topk_grad_of_cell(ip[row + o], cell, gmp[row + o], gtp[row + o], xr[iw], kp[row + o],
+                                         sp[row + o], inv_k);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e], th = g.h.taps[e];
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = (n * OH * OW + oh * OW + g.w.outs[f]) * C;
+            const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
+            for (int64_t c = 0; c < C; ++c) {
+              t[c] += topk_grad_of_cell(ip[o + c], cell, gmp[o + c], gtp[o + c], xr[c], kp[o + c], sp[o + c], inv_k);
+            }
+          }
+        }
+      }
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<scalar_t>(t[j]);
+    }
+  });
+}
+
+Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tensor& input, const Tensor& idx,
+                         const Tensor& kth, const Tensor& tie, int64_t k, at::IntArrayRef kernel,
+                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                         bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt), ix = idx.contiguous(fmt), kt = kth.contiguous(fmt);
+  const Tensor ti = tie.contiguous(fmt), gm = grad_m.contiguous(fmt), gt = grad_t.contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), grad_m.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_backward", [&] {
+    max_topk_backward_impl<scalar_t>(gm, gt, x, ix, kt, ti, k, g, fmt == at::MemoryFormat::ChannelsLast, gx);
+  });
+  return gx;
+}
+
+// ------------------------------------------------------------------------------------------ power mean
+
+// GeM: S = mean_R z^p with z = max(x, eps), y = S^(1/p). The forward also returns S and S' = mean_R z^p ln z,
+// from which the gradient of p is computed on output-sized tensors: dy/dp = y (S' / (p S) - ln S / p^2).
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void power_step(const scalar_t* src, int64_t step, int64_t n, acc_t p, acc_t eps, acc_t* __restrict s,
+                       acc_t* __restrict ds) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    const acc_t z = v < eps ? eps : v;  // clamp(x, min=eps); a NaN stays NaN
+    const acc_t lz = std::log(z);
+    const acc_t zp = std::pow(z, p);  // pow rounds better than exp(p * lz)
+    s[j] += zp;
+    ds[j] += zp * lz;
+  }
+}
+
+template <typename scalar_t>
+void power_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, double p_value, double eps_value,
+                             Tensor& y, Tensor& s_out, Tensor& ds_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const acc_t p = static_cast<acc_t>(p_value), eps = static_cast<acc_t>(eps_value);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* sp = s_out.mutable_data_ptr<acc_t>();
+  acc_t* dp = ds_out.mutable_data_ptr<acc_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(L), ds(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(s.begin(), s.end(), acc_t(0));
+      std::fill(ds.begin(), ds.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          power_step<true>(xp + offset, 1, n, p, eps, s.data() + lo, ds.data() + lo);
+        } else {
+          power_step<false>(xp + offset, step, n, p, eps, s.data() + lo, ds.data() + lo);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t scale = inv[line.oh * OW + (cl ? line.ow : j)];
+        const acc_t mean = s[j] * scale;
+        sp[out + j] = mean;
+        dp[out + j] = ds[j] * scale;
+        yp[out + j] = static_cast<scalar_t>(std::pow(mean, acc_t(1) / p));
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const Tensor& p, double eps,
+                                                      at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                      at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                      at::IntArrayRef out_size) {
+  TORCH_CHECK(p.numel() == 1, "poolkit power_mean_forward: p must hold one value, got ", p.numel());
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor s = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  Tensor ds = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  const double p_value = p.item<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_forward", [&] {
+    power_mean_forward_impl<scalar_t>(x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, y, s, ds);
+  });
+  return {y, s, ds};
+}
+
+// dx_i = z_i^(p-1) [x_i >= eps] * sum over windows w containing i of gy_w S_w^(1/p - 1) / n_w
+// (dy/dS = S^(1/p - 1) / p and dS/dz_i = p z_i^(p-1) / n; y is recomputed from S in float, not read back
+// from the rounded output).
+template <typename scalar_t>
+void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x,
+                              const Geometry& g, bool cl, double p_value, double eps_value, Tensor& gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const acc_t p = static_cast<acc_t>(p_value), eps = static_cast<acc_t>(eps_value);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const acc_t* sp = s.const_data_ptr<acc_t>();
+  const acc_t q = acc_t(1) / p - acc_t(1);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 16), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              dst[(o - lo) * sw] += static_cast<acc_t>(gyp[row + o]) * inv[oh * OW + o] * std::pow(sp[row + o], q);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e];
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = oh * OW + g.w.outs[f];
+            const acc_t scale = inv[o];
+            const int64_t at_o = (n * OH * OW + o) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              t[c] += static_cast<acc_t>(gyp[at_o + c]) * scale * std::pow(sp[at_o + c], q);
+            }
+          }
+        }
+      }
+      const scalar_t* xr = xp + r * L;
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t v = static_cast<acc_t>(xr[j]);
+        const acc_t z = v < eps ? eps : v;
+        const acc_t factor = v >= eps ? std::exp((p - acc_t(1)) * std::log(z)) : acc_t(0);
+        dst[j] = static_cast<scalar_t>(t[j] * factor);
+      }
+    }
+  });
+}
+
+Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, const Tensor& p,
+                           double eps, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {s.size(2), s.size(3)});
+  const double p_value = p.item<double>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_backward", [&] {
+    power_mean_backward_impl<scalar_t>(gy, ss, x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, gx);
+  });
+  return gx;
+}
+
+// ------------------------------------------------------------------------------------- weighted mean
+
+// y = sum_R w x / D, D = sum_R w + eps (SoftPool-like attention, LIP). The weight has the input's shape or
+// one channel (N, 1, H, W) shared by all channels; wc is 1 or 0, the weight's step from one channel to the
+// next.
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void weighted_step(const scalar_t* src, const scalar_t* wsrc, int64_t step, int64_t wstep, int64_t n,
+                          acc_t* __restrict num, acc_t* __restrict den) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    const acc_t w = static_cast<acc_t>(wsrc[j * wstep]);
+    num[j] += w * v;
+    den[j] += w;
+  }
+}
+
+template <typename scalar_t>
+void weighted_mean_forward_impl(const Tensor& x, const Tensor& w, const Geometry& g, bool cl, double eps_value,
+                                Tensor& y, Tensor& d) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const int64_t Cw = w.size(1), wc = Cw == C ? 1 : 0;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const acc_t eps = static_cast<acc_t>(eps_value);
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* dp = d.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * 2), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> num(L), den(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(num.begin(), num.end(), acc_t(0));
+      std::fill(den.begin(), den.end(), acc_t(0));
+      // NCHW: the weight plane of this line's (n, c), as an offset from the input plane.
+      const int64_t plane_w = (line.plane / C) * Cw + (line.plane % C) * wc;
+      const int64_t delta = (plane_w - line.plane) * H * W;
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (cl) {
+          const scalar_t* wsrc = wp + (offset / C) * Cw;
+          weighted_step<true>(xp + offset, wsrc, 1, wc, n, num.data(), den.data());
+        } else if (step == 1) {
+          weighted_step<true>(xp + offset, wp + offset + delta, 1, 1, n, num.data() + lo, den.data() + lo);
+        } else {
+          weighted_step<false>(xp + offset, wp + offset + delta, step, step, n, num.data() + lo, den.data() + lo);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t total = den[j] + eps;
+        dp[out + j] = total;
+        yp[out + j] = static_cast<scalar_t>(num[j] / total);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tensor& weight, double eps,
+                                                 at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                 at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                 at::IntArrayRef out_size) {
+  TORCH_CHECK(weight.dim() == 4 && weight.size(0) == input.size(0) && weight.size(2) == input.size(2) &&
+                  weight.size(3) == input.size(3) && (weight.size(1) == input.size(1) || weight.size(1) == 1),
+              "poolkit weighted_mean_forward: the weight must be (N, C, H, W) or (N, 1, H, W) like the input");
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor d = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_forward", [&] {
+    weighted_mean_forward_impl<scalar_t>(x, w, g, fmt == at::MemoryFormat::ChannelsLast, eps, y, d);
+  });
+  return {y, d};
+}
+
+// With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w (dw at the input's
+// full shape; the caller sums it over channels for a shared weight).
+template <typename scalar_t>
+void weighted_mean_backward_impl(const Tensor& gy, const Tensor& y, const Tensor& d, const Tensor& x,
+                                 const Tensor& w, const Geometry& g, bool cl, Tensor& gx, Tensor& gw) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const int64_t Cw = w.size(1), wc = Cw == C ? 1 : 0;
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const acc_t* dp = d.const_data_ptr<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  const scalar_t* wp = w.const_data_ptr<scalar_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum_a(L), sum_b(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict a = sum_a.data();
+      acc_t* __restrict b = sum_b.data();
+      for (int64_t j = 0; j < L; ++j) a[j] = b[j] = 0;
+      const scalar_t* wr;  // this row's (NCHW) or position's (channels_last) weights, step wstep
+      int64_t wstep;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        wr = wp + (((plane / C) * Cw + (plane % C) * wc) * H + ih) * W;
+        wstep = 1;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              const acc_t share = static_cast<acc_t>(gyp[row + o]) / dp[row + o];
+              a[first + (o - lo) * sw] += share;
+              b[first + (o - lo) * sw] += share * static_cast<acc_t>(yp[row + o]);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        wr = wp + r * Cw;
+        wstep = wc;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t at_o = (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const acc_t share = static_cast<acc_t>(gyp[at_o + c]) / dp[at_o + c];
+              a[c] += share;
+              b[c] += share * static_cast<acc_t>(yp[at_o + c]);
+            }
+          }
+        }
+      }
+      const scalar_t* xr = xp + r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t wv = static_cast<acc_t>(wr[j * wstep]);
+        gxp[r * L + j] = static_cast<scalar_t>(a[j] * wv);
+        gwp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(xr[j]) - b[j]);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Tensor& y, const Tensor& d,
+                                                  const Tensor& input, const Tensor& weight,
+                                                  at::IntArrayRef kernel, at::IntArrayRef stride,
+                                                  at::IntArrayRef padding, at::IntArrayRef dilation,
+                                                  bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor gw = at::empty(x.sizes(), x.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {y.size(2), y.size(3)});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_backward", [&] {
+    weighted_mean_backward_impl<scalar_t>(gy, yy, dd, x, w, g, fmt == at::MemoryFormat::ChannelsLast, gx, gw);
+  });
+  return {gx, gw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(poolkit_cpu, m) {
+  m.def("max_mean_forward(Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation, int[] out_size)"
+        " -> (Tensor, Tensor, Tensor)");
+  m.def("max_mean_backward(Tensor grad_m, Tensor grad_a, Tensor idx, int[] in_size, int[] kernel, int[] stride,"
+        " int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("max_topk_forward(Tensor x, int k, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " int[] out_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("power_mean_forward(Tensor x, Tensor p, float eps, int[] kernel, int[] stride, int[] padding,"
+        " int[] dilation, int[] out_size) -> (Tensor, Tensor, Tensor)");
+  m.def("power_mean_backward(Tensor grad_y, Tensor s, Tensor x, Tensor p, float eps, int[] kernel,"
+        " int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("weighted_mean_forward(Tensor x, Tensor w, float eps, int[] kernel, int[] stride, int[] padding,"
+        " int[] dilation, int[] out_size) -> (Tensor, Tensor)");
+  m.def("weighted_mean_backward(Tensor grad_y, Tensor y, Tensor d, Tensor x, Tensor w, int[] kernel,"
+        " int[] stride, int[] padding, int[] dilation, bool channels_last) -> (Tensor, Tensor)");
+  m.def("max_topk_backward(Tensor grad_m, Tensor grad_t, Tensor x, Tensor idx, Tensor kth, Tensor tie, int k,"
+        " int[] kernel, int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(poolkit_cpu, CPU, m) {
+  m.impl("max_mean_forward", &max_mean_forward);
+  m.impl("max_mean_backward", &max_mean_backward);
+  m.impl("max_topk_forward", &max_topk_forward);
+  m.impl("max_topk_backward", &max_topk_backward);
+  m.impl("power_mean_forward", &power_mean_forward);
+  m.impl("power_mean_backward", &power_mean_backward);
+  m.impl("weighted_mean_forward", &weighted_mean_forward);
+  m.impl("weighted_mean_backward", &weighted_mean_backward);
+}

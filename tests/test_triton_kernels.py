@@ -1,0 +1,169 @@
+"""The Triton kernels (``poolkit.kernels.triton_window``) against the eager reference, under the interpreter.
+
+Triton runs its kernels on CPU tensors when ``TRITON_INTERPRET=1`` is set before it is imported, so these
+tests need no GPU; they are skipped unless that variable is set and triton is installed (CI runs them in a
+separate step: ``TRITON_INTERPRET=1 pytest tests/test_triton_kernels.py``). The interpreter is slow, so the
+tensors are small; the comparison is the same as tests/test_fused.py's: M exactly, A and T_K up to
+summation order, the input gradient of both (max_pool2d's first-maximum rule, the top-K tie rule).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from poolkit.layers.fused import use_fused_kernels, window_max_mean, window_max_topk_mean, window_power_mean
+from poolkit.layers.windows import PoolGeometry, min_window_count, window_mean, window_weighted_mean
+from pools import reseed
+
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("the Triton kernels run on CPU only with TRITON_INTERPRET=1", allow_module_level=True)
+triton_window = pytest.importorskip("poolkit.kernels.triton_window", reason="triton is not installed")
+
+pytestmark = pytest.mark.slow
+
+GEOMETRIES = [(2, 2, 0, 1, False), (3, 2, 1, 1, True), ((2, 3), 1, (1, 1), 2, False), (3, 3, 1, 1, True)]
+
+
+def _args(g: PoolGeometry, h: int, w: int) -> list[list[int]]:
+    out = g.output_size(h, w)
+    return [list(g.kernel_size), list(g.stride), list(g.padding), list(g.dilation), list(out)]
+
+
+def _input(h: int, w: int, dtype: torch.dtype, ties: bool, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(2, 3, h, w, dtype=torch.float64)
+    if ties:  # many equal values, as after a ReLU
+        x = x.mul(1.5).round().clamp(min=0)
+    x = x.to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _reference(x: torch.Tensor, g: PoolGeometry, k: int | None, weights: tuple[torch.Tensor, torch.Tensor]):
+    """(M, S, dx) of the eager path: S = A (k None) or T_K, dx of sum(wM M + wS S)."""
+    leaf = x.clone().requires_grad_()
+    with use_fused_kernels("eager" if k is not None else "off"):
+        m, s = window_max_mean(leaf, g) if k is None else window_max_topk_mean(leaf, g, k)
+    (grad,) = torch.autograd.grad((m * weights[0]).sum() + (s * weights[1]).sum(), leaf)
+    return m, s, grad
+
+
+@pytest.mark.parametrize(
+    ("channels_last", "ties", "dtype"),
+    [(False, False, torch.float64), (True, True, torch.float64), (False, True, torch.float32)],
+    ids=["nchw-distinct-f64", "channels_last-ties-f64", "nchw-ties-f32"],
+)
+def test_triton_max_mean_equals_the_native_pair(channels_last: bool, ties: bool, dtype: torch.dtype) -> None:
+    reseed(0)
+    for geometry, (h, w) in itertools.product(GEOMETRIES, [(7, 6), (5, 5)]):
+        g = PoolGeometry.create(*geometry)
+        x = _input(h, w, dtype, ties, channels_last)
+        args = _args(g, h, w)
+        weights = (torch.randn(2, 3, *args[-1], dtype=dtype), torch.randn(2, 3, *args[-1], dtype=dtype))
+        m0, a0, grad0 = _reference(x, g, None, weights)
+        m, a, idx = triton_window.max_mean_forward(x, *args)
+        grad = triton_window.max_mean_backward(weights[0], weights[1], idx, [h, w], *args[:4], channels_last)
+        context = f"{g} on {h}x{w}"
+        assert torch.equal(m, m0), context
+        torch.testing.assert_close(a, a0, msg=context)
+        torch.testing.assert_close(grad, grad0, msg=context)
+        if channels_last:
+            assert m.is_contiguous(memory_format=torch.channels_last)
+            assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    ("channels_last", "ties"),
+    [(False, False), (True, True), (False, True)],
+    ids=["nchw", "channels_last-ties", "nchw-ties"],
+)
+def test_triton_top_k_equals_the_eager_path(channels_last: bool, ties: bool) -> None:
+    reseed(1)
+    for geometry, (h, w) in itertools.product(GEOMETRIES, [(7, 6)]):
+        g = PoolGeometry.create(*geometry)
+        for k in (2, 3):
+            if k >= g.area or min_window_count(g, h, w) < k:
+                continue
+            x = _input(h, w, torch.float64, ties, channels_last)
+            args = _args(g, h, w)
+            weights = tuple(torch.randn(2, 3, *args[-1], dtype=x.dtype) for _ in range(2))
+            m0, t0, grad0 = _reference(x, g, k, weights)
+            m, t, idx, kth, tie = triton_window.max_topk_forward(x, k, *args)
+            grad = triton_window.max_topk_backward(
+                weights[0], weights[1], x, idx, kth, tie, k, *args[:4], channels_last
+            )
+            context = f"{g} on {h}x{w}, K={k}"
+            assert torch.equal(m, m0), context
+            torch.testing.assert_close(t, t0, msg=context)
+            torch.testing.assert_close(grad, grad0, msg=context)
+
+
+def test_triton_first_maximum_and_nan_follow_max_pool2d() -> None:
+    x = torch.tensor([[[[2.0, 2.0, 1.0, float("nan")], [2.0, 1.0, float("nan"), 0.0]]]])
+    args = [[2, 2], [2, 2], [0, 0], [1, 1], [1, 2]]
+    m, _, idx = triton_window.max_mean_forward(x, *args)
+    _, native_idx = F.max_pool2d(x, 2, return_indices=True)
+    assert idx.tolist() == [[[[0, 2]]]]  # the first 2; the last NaN (cell 2 = row 1, col 0: native index 6)
+    assert native_idx.tolist() == [[[[0, 6]]]]
+    assert m[0, 0, 0, 0] == 2.0 and m[0, 0, 0, 1].isnan()
+    m_top, *_ = triton_window.max_topk_forward(x, 2, *args)
+    assert torch.equal(m_top.nan_to_num(), m.nan_to_num()) and m_top[0, 0, 0, 1].isnan()
+
+
+def test_registering_the_cuda_kernels_is_idempotent() -> None:
+    triton_window.register_cuda_kernels()
+    triton_window.register_cuda_kernels()
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_triton_power_mean_equals_the_reference(channels_last: bool) -> None:
+    reseed(2)
+    p = torch.tensor(2.5, dtype=torch.float64)
+    for geometry in GEOMETRIES:
+        g = PoolGeometry.create(*geometry)
+        x = F.relu(_input(7, 6, torch.float64, False, channels_last))  # zeros below eps
+        args = _args(g, 7, 6)
+        leaf = x.clone().requires_grad_()
+        with use_fused_kernels("off"):
+            y0 = window_power_mean(leaf, g, p, 1e-6)
+        weight = torch.randn_like(y0)
+        (grad0,) = torch.autograd.grad((y0 * weight).sum(), leaf)
+        y, s, ds = triton_window.power_mean_forward(x, p, 1e-6, *args)
+        grad = triton_window.power_mean_backward(weight, s, x, p, 1e-6, *args[:4], channels_last)
+        z = x.clamp(min=1e-6)
+        with use_fused_kernels("off"):
+            s0 = window_mean(z.pow(2.5), g)
+            ds0 = window_mean(z.pow(2.5) * z.log(), g)
+        context = str(g)
+        torch.testing.assert_close(y, y0, msg=context)
+        torch.testing.assert_close(s, s0, msg=context)
+        torch.testing.assert_close(ds, ds0, msg=context)
+        torch.testing.assert_close(grad, grad0, msg=context)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("shared", [False, True], ids=["per_channel", "shared"])
+def test_triton_weighted_mean_equals_the_reference(channels_last: bool, shared: bool) -> None:
+    reseed(3)
+    for geometry in GEOMETRIES:
+        g = PoolGeometry.create(*geometry)
+        x = _input(7, 6, torch.float64, False, channels_last)
+        w = torch.rand(2, 1 if shared else 3, 7, 6, dtype=torch.float64).add(0.05)
+        if channels_last:
+            w = w.contiguous(memory_format=torch.channels_last)
+        args = _args(g, 7, 6)
+        leaf_x, leaf_w = x.clone().requires_grad_(), w.clone().requires_grad_()
+        y0 = window_weighted_mean(leaf_x, leaf_w, g, 0.1)
+        probe = torch.randn_like(y0)
+        grad_x0, grad_w0 = torch.autograd.grad((y0 * probe).sum(), [leaf_x, leaf_w])
+        y, d = triton_window.weighted_mean_forward(x, w, 0.1, *args)
+        grad_x, grad_w = triton_window.weighted_mean_backward(probe, y, d, x, w, *args[:4], channels_last)
+        if shared:
+            grad_w = grad_w.sum(1, keepdim=True)
+        context = str(g)
+        torch.testing.assert_close(y, y0, msg=context)
+        torch.testing.assert_close(grad_x, grad_x0, msg=context)
+        torch.testing.assert_close(grad_w, grad_w0, msg=context)
