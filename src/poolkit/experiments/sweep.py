@@ -24,14 +24,13 @@ import json
 import math
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from poolkit.experiments.config import PoolEntry, SweepConfig, SweepConfigError
+from poolkit.rundir import RunDir, RunState, read_json
 from poolkit.text import align_columns
 
 __all__ = [
@@ -236,20 +235,14 @@ class PlannedRun:
     error: str | None = None
 
 
-def _epochs_done(run_dir: Path) -> int:
-    try:
-        with (run_dir / "metrics.csv").open(encoding="utf-8") as handle:
-            return max(0, sum(1 for line in handle if line.strip()) - 1)
-    except OSError:
-        return 0
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+#: A run's :class:`~poolkit.rundir.RunState` as what the next invocation does with it.
+_PLAN_STATUS: dict[RunState, Status] = {
+    RunState.NOT_STARTED: "new",
+    RunState.RESUMABLE: "resume",
+    RunState.FINISHED: "finished",
+    RunState.FAILED: "failed",
+    RunState.DIVERGED: "diverged",
+}
 
 
 def plan_runs(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) -> list[PlannedRun]:
@@ -261,28 +254,15 @@ def plan_runs(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) -> lis
     runs_dir = Path(runs_dir)
     planned = []
     for spec in specs:
-        run_dir = runs_dir / spec.name
-        result = _read_json(run_dir / "result.json")
-        if result is not None and result.get("run_id") in (None, spec.run_id):
-            status = result.get("status", "finished")
-            if status == "finished":
-                planned.append(PlannedRun(spec, "finished", _epochs_done(run_dir)))
-                continue
-            if status == "diverged":
-                planned.append(PlannedRun(spec, "diverged", _epochs_done(run_dir), _divergence_text(result)))
-                continue
-        error = _read_json(run_dir / "error.json")
-        if error is not None:
-            message = f"{error.get('type', 'Error')}: {str(error.get('error', '')).strip().splitlines()[0:1]}"
-            message = (
-                f"{error.get('type', 'Error')}: "
-                + (str(error.get("error") or "").strip().splitlines() or [""])[0]
-            )
-            planned.append(PlannedRun(spec, "failed", _epochs_done(run_dir), message))
-        elif (run_dir / "checkpoint.pt").is_file():
-            planned.append(PlannedRun(spec, "resume", _epochs_done(run_dir)))
-        else:
-            planned.append(PlannedRun(spec, "new"))
+        run = RunDir(runs_dir / spec.name)
+        state = run.state(spec.run_id)
+        error: str | None = None
+        if state is RunState.DIVERGED:
+            error = _divergence_text(run.read_result() or {})
+        elif state is RunState.FAILED:
+            error = run.error_summary()
+        epochs = 0 if state is RunState.NOT_STARTED else run.epochs_done()
+        planned.append(PlannedRun(spec, _PLAN_STATUS[state], epochs, error))
     return planned
 
 
@@ -324,21 +304,7 @@ def write_error(
 
     Pass the exception, or ``message``/``type_name`` for a failure without one (a worker that died).
     """
-    from poolkit.io import atomic_write_json
-
-    record = {
-        "error": message if message is not None else str(exc),
-        "type": type_name if type_name is not None else type(exc).__name__,
-        "traceback": tb
-        if tb is not None
-        else (
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc is not None else ""
-        ),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(run_dir) / "error.json", record)
-    return record
+    return RunDir(run_dir).write_error(exc, message=message, type_name=type_name, tb=tb)
 
 
 def _default_train_fn() -> TrainFn:
@@ -363,8 +329,7 @@ def execute_run(
     from poolkit.train.lock import RunBusyError, RunLockLost
 
     run_dir = Path(run_dir)
-    with contextlib.suppress(FileNotFoundError):
-        (run_dir / "error.json").unlink()
+    RunDir(run_dir).clear_error()
     train = train_fn if train_fn is not None else _default_train_fn()
     try:
         result = train(spec.config, run_dir, resume=True, **train_kwargs)
@@ -421,7 +386,7 @@ def results_table(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) ->
                 seq.append(item)
         key = (model, dataset, row)
         planned[key] = planned.get(key, 0) + 1
-        result = _read_json(runs_dir / spec.name / "result.json")
+        result = RunDir(runs_dir / spec.name).read_result()
         top1 = _number(result.get("test_top1")) if result else None
         if top1 is not None:
             cells.setdefault(key, []).append(top1)
@@ -530,7 +495,7 @@ class SweepResult:
         for name, kind, error in failures:
             first = (error or "").strip().splitlines()[0] if error else ""
             label = f"{kind}: {first}" if kind else first
-            lines.append(f"  FAILED {name}: {label}  (see {self.runs_dir / name / 'error.json'})")
+            lines.append(f"  FAILED {name}: {label}  (see {RunDir(self.runs_dir / name).error})")
         diverged = [(n, (o.error or "").strip()) for n, o in self.outcomes.items() if o.status == "diverged"]
         diverged += [
             (p.spec.name, p.error or "")
@@ -767,46 +732,35 @@ _QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGU
 
 def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> list[RunStatus]:
     """The :class:`RunStatus` of every run of a sweep in ``out_dir`` (reads files; trains nothing)."""
-    from poolkit.train.lock import read_lock
-
     out_dir = Path(out_dir)
     runs_dir = out_dir / "runs"
-    jobs: dict[str, str] = {}
-    data = _read_json(out_dir / "slurm" / "jobs.json")
-    if data is not None:
-        jobs = {str(k): str(v) for k, v in data.items()}
+    jobs = {str(k): str(v) for k, v in (read_json(out_dir / "slurm" / "jobs.json") or {}).items()}
     states = scheduler_states([jobs[s.name] for s in specs if s.name in jobs]) or {}
     planned = {p.spec.name: p for p in plan_runs(specs, runs_dir)}
     out = []
     for spec in specs:
-        run_dir = runs_dir / spec.name
+        run = RunDir(runs_dir / spec.name)
         plan = planned[spec.name]
         job_id = jobs.get(spec.name)
         job_state = states.get(job_id) if job_id else None
         scheduler = (job_state or "").split(" ")[0].upper()
-        holder = read_lock(run_dir)
-        lock_state = holder.state() if holder is not None else None
-        state: StatusState
+        live, holder = run.live_state(spec.run_id)
+        state: StatusState = live.value  # type: ignore[assignment]
         detail = ""
-        if plan.status == "finished":
-            result = _read_json(run_dir / "result.json") or {}
-            top1 = _number(result.get("test_top1"))
-            state, detail = "finished", (f"top-1 {top1:.2f}%" if top1 is not None else "")
-        elif holder is not None and lock_state == "fresh":
-            state, detail = "running", holder.describe()
-        elif plan.status == "failed":
-            state, detail = "failed", plan.error or ""
-        elif plan.status == "diverged":
-            state, detail = "diverged", plan.error or ""
+        if live is RunState.FINISHED:
+            top1 = _number((run.read_result() or {}).get("test_top1"))
+            detail = f"top-1 {top1:.2f}%" if top1 is not None else ""
+        elif live is RunState.RUNNING and holder is not None:
+            detail = holder.describe()
+        elif live in (RunState.FAILED, RunState.DIVERGED):
+            detail = plan.error or ""
         elif scheduler in _QUEUED_STATES:
-            state, detail = "queued", ""
-        elif holder is not None:
-            why = "its process is gone" if lock_state == "dead" else "its lock expired"
-            state, detail = "stalled", f"{holder.describe()}: {why}; rerun the sweep to resume"
-        elif plan.status == "resume":
-            state, detail = "resumable", "rerun the sweep to resume"
-        else:
-            state = "not started"
+            state = "queued"
+        elif live is RunState.STALLED and holder is not None:
+            why = "its process is gone" if holder.state() == "dead" else "its lock expired"
+            detail = f"{holder.describe()}: {why}; rerun the sweep to resume"
+        elif live is RunState.RESUMABLE:
+            detail = "rerun the sweep to resume"
         out.append(RunStatus(spec, state, plan.epochs_done, job_id, job_state, detail))
     return out
 

@@ -279,7 +279,7 @@ def launch_processes(
     folder = Path(tempfile.mkdtemp(prefix="poolkit-nproc-"))
     set_threads = False
     try:
-        config_file = folder / "config.yaml"
+        config_file = folder / "run-config.yaml"
         config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
         worker_args = ["--config", str(config_file), "--out", os.fspath(out)]
         worker_args += ["--resume"] if resume else []

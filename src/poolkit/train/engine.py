@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -20,7 +19,6 @@ import random
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,24 +26,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import poolkit
-from poolkit.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from poolkit.layers import GlobalPool2d, Pool2d
 from poolkit.models import create_model
+from poolkit.rundir import CHECKPOINT_FILE, RunDir, RunState
 from poolkit.tracking import EpochEnded, EventStream, RunEnded, RunStarted, create_sinks
 from poolkit.train import distributed as D
 from poolkit.train.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
-    load_checkpoint,
     load_latest_checkpoint,
-    previous_path,
     restore_rng_state,
-    save_checkpoint,
 )
 from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file
 from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost
@@ -78,9 +72,6 @@ VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_top1")
 
 #: ``on_epoch(epoch, row)``: called on rank 0 after each epoch's files are written.
 EpochCallback = Callable[[int, dict[str, float]], None]
-
-CONFIG_FILE, ENV_FILE, METRICS_FILE = "config.yaml", "env.json", "metrics.csv"
-CHECKPOINT_FILE, RESULT_FILE, SHIFT_FILE = "checkpoint.pt", "result.json", "shift.json"
 
 
 class RunDiverged(RuntimeError):
@@ -322,24 +313,20 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _config_diff(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> str:
     keys = [k for k in wanted if k not in NON_RESULT_KEYS and stored.get(k) != wanted[k]]
     return ", ".join(f"{k}: {stored.get(k)!r} -> {wanted[k]!r}" for k in keys) or "(the run ids differ)"
 
 
-def _has_checkpoint(out: Path) -> bool:
-    return (out / CHECKPOINT_FILE).exists() or previous_path(out / CHECKPOINT_FILE).exists()
-
-
-def _inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> str:
-    """What ``out`` holds for ``cfg``: ``"finished"``, ``"resume"`` or ``"fresh"``; ValueError on conflict."""
+def _inspect_run_dir(run: RunDir, cfg: RunConfig, resume: bool) -> RunState:
+    """What ``run`` holds for ``cfg``: ``FINISHED`` (a result.json, finished or diverged), ``RESUMABLE`` or
+    ``NOT_STARTED``; ValueError on conflict."""
+    out = run.path
+    if not out.exists():
+        return RunState.NOT_STARTED
     if not out.is_dir():
         raise ValueError(f"{str(out)!r} exists and is not a directory; the run directory must be a folder")
-    config_path = out / CONFIG_FILE
+    config_path = run.config
     if config_path.exists():
         try:
             stored = RunConfig.from_stored(load_config_file(config_path))
@@ -354,18 +341,18 @@ def _inspect_run_dir(out: Path, cfg: RunConfig, resume: bool) -> str:
                 f"{_config_diff(stored.to_dict(), cfg.to_dict())}); use another directory, or delete it "
                 "to start over"
             )
-    elif (out / RESULT_FILE).exists() or _has_checkpoint(out):
+    elif run.result.exists() or run.has_checkpoint():
         raise ValueError(f"{str(out)!r} holds run files but no config.yaml; use another directory")
-    if (out / RESULT_FILE).exists():
-        return "finished"
-    if _has_checkpoint(out):
+    if run.result.exists():
+        return RunState.FINISHED
+    if run.has_checkpoint():
         if not resume:
             raise ValueError(
                 f"{str(out)!r} holds an unfinished run (checkpoint.pt); pass resume=True (--resume) to "
                 "continue it, or delete the directory to start over"
             )
-        return "resume"
-    return "fresh"
+        return RunState.RESUMABLE
+    return RunState.NOT_STARTED
 
 
 # ---------------------------------------------------------------------------------------------- one epoch
@@ -679,7 +666,7 @@ def train_run(
         >>> result["test_top1"]  # doctest: +SKIP
     """
     cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-    out = Path(out_dir)
+    run = RunDir(out_dir)
     use_cuda = torch.cuda.is_available() and (cfg.device.startswith("cuda") or cfg.device == "auto")
     ctx = D.setup_distributed(use_cuda)
     threads_before = torch.get_num_threads()
@@ -687,23 +674,23 @@ def train_run(
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         device = _resolve_device(cfg.device, ctx)
-        state = _inspect_run_dir(out, cfg, resume) if out.exists() else "fresh"
+        state = _inspect_run_dir(run, cfg, resume)
         D.barrier(ctx)
-        if state == "finished":
-            return _finished(cfg, out, device, ctx)
-        lock = _take_lock(out, ctx, _lock_wait(lock_wait))
+        if state is RunState.FINISHED:
+            return _finished(cfg, run, device, ctx)
+        lock = _take_lock(run, ctx, _lock_wait(lock_wait))
         try:
             # Again under the lock: the process that held it may have finished or advanced the run.
-            state = _inspect_run_dir(out, cfg, resume) if out.exists() else "fresh"
+            state = _inspect_run_dir(run, cfg, resume)
             D.barrier(ctx)
-            if state == "finished":
-                return _finished(cfg, out, device, ctx)
-            resume_run = state == "resume"
+            if state is RunState.FINISHED:
+                return _finished(cfg, run, device, ctx)
+            resume_run = state is RunState.RESUMABLE
             return _tracked(
                 cfg,
                 ctx,
                 lambda stream: _train(
-                    cfg, out, device, ctx, resume_run, progress, position, on_epoch, lock, stream
+                    cfg, run, device, ctx, resume_run, progress, position, on_epoch, lock, stream
                 ),
             )
         finally:
@@ -714,12 +701,18 @@ def train_run(
         D.teardown_distributed(ctx)
 
 
-def _finished(cfg: RunConfig, out: Path, device: torch.device, ctx: D.DistContext) -> dict[str, Any]:
-    result = _read_json(out / RESULT_FILE)
-    if result.get("status") == "diverged":
-        raise RunDiverged(out, result.get("diverged") or {})
-    if cfg.shift_eval and not (out / SHIFT_FILE).exists() and ctx.is_main:
-        _shift_eval(out, device)
+def _finished(cfg: RunConfig, run: RunDir, device: torch.device, ctx: D.DistContext) -> dict[str, Any]:
+    problems: list[str] = []
+    result = run.read_result(problems)
+    if result is None:
+        raise ValueError(
+            f"{str(run.path)!r}: {'; '.join(problems) or 'result.json cannot be read'}; "
+            "delete result.json to train the run again"
+        )
+    if result.get("status") == RunState.DIVERGED.value:
+        raise RunDiverged(run.path, result.get("diverged") or {})
+    if cfg.shift_eval and not run.shift.exists() and ctx.is_main:
+        _shift_eval(run.path, device)
     return result
 
 
@@ -733,13 +726,14 @@ def _lock_wait(value: float | None) -> float:
         raise ValueError(f"POOLKIT_LOCK_WAIT_S={text!r} is not a number of seconds") from None
 
 
-def _take_lock(out: Path, ctx: D.DistContext, wait_s: float) -> RunLock | None:
+def _take_lock(run: RunDir, ctx: D.DistContext, wait_s: float) -> RunLock | None:
     """Rank 0 takes the run's lock; every rank learns whether it did (and raises the same error if not)."""
+    out = run.path
     lock: RunLock | None = None
     failure: tuple[str, Any] | None = None
     if ctx.is_main:
         try:
-            lock = RunLock(out).acquire(wait_s=wait_s)
+            lock = run.lock().acquire(wait_s=wait_s)
         except RunBusyError as exc:
             if not ctx.enabled:
                 raise
@@ -788,7 +782,7 @@ def _tracked(
 
 def _train(
     cfg: RunConfig,
-    out: Path,
+    run: RunDir,
     device: torch.device,
     ctx: D.DistContext,
     resume: bool,
@@ -798,23 +792,24 @@ def _train(
     lock: RunLock | None,
     stream: EventStream,
 ) -> dict[str, Any]:
+    out = run.path
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     trainer = _Trainer(cfg, device, ctx)
     start_epoch, rows = 0, []
     env = _environment(device, ctx)
     if resume:
-        ckpt, warning = load_latest_checkpoint(out / CHECKPOINT_FILE, map_location=device)
+        ckpt, warning = load_latest_checkpoint(run.checkpoint, map_location=device)
         if warning is not None and ctx.is_main:
             logger.warning("%s", warning)
         start_epoch, rows = trainer.load_state(ckpt)
         logger.info("%s: resuming after epoch %d of %d", out, start_epoch, cfg.epochs)
-        with contextlib.suppress(OSError, ValueError):
-            previous = _read_json(out / ENV_FILE)
+        previous = run.read_env()
+        if previous is not None:
             env = {**previous, "resumed": [*previous.get("resumed", []), env]}
     if ctx.is_main:
-        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        atomic_write_json(out / ENV_FILE, env)
+        run.write_config(cfg.to_dict())
+        run.write_env(env)
     stream.emit(RunStarted(out, cfg.run_id(), cfg.to_dict(), resumed_epochs=start_epoch))
     columns = METRIC_COLUMNS + (VAL_COLUMNS if trainer.splits.val is not None else ())
     show = progress and ctx.is_main
@@ -838,7 +833,7 @@ def _train(
             record = _diverged(cfg, trainer, rows, stop)
             if ctx.is_main:
                 # checkpoint.pt and metrics.csv stay as the last finished epoch left them (finite weights).
-                atomic_write_json(out / RESULT_FILE, _json_safe(record))
+                run.write_result(_json_safe(record))
             D.barrier(ctx)
             raise RunDiverged(out, record["diverged"]) from None
         except BaseException:
@@ -877,8 +872,8 @@ def _train(
                 f"stopped for longer than the lock's expiry); stopped after epoch {epoch} without writing it"
             )
         if ctx.is_main:
-            save_checkpoint(trainer.state(epoch, rows), out / CHECKPOINT_FILE)
-            atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
+            run.save_checkpoint(trainer.state(epoch, rows))
+            run.write_metrics(columns, _csv_rows(rows))
             if on_epoch is not None:
                 on_epoch(epoch, dict(row))
             stream.emit(EpochEnded(epoch, {k: v for k, v in row.items() if k != "epoch"}))
@@ -890,10 +885,10 @@ def _train(
     if len(set(digests)) > 1:
         logger.error("%s: the ranks' parameters differ at the end of training: %s", out, digests)
     if ctx.is_main:
-        atomic_write_csv(out / METRICS_FILE, columns, _csv_rows(rows))
-        atomic_write_json(out / RESULT_FILE, _json_safe(result))
+        run.write_metrics(columns, _csv_rows(rows))
+        run.write_result(_json_safe(result))
         # Finished: nothing will resume from the previous generation any more.
-        previous_path(out / CHECKPOINT_FILE).unlink(missing_ok=True)
+        run.drop_previous_checkpoint()
         if cfg.shift_eval:
             _shift_eval(out, device)
     D.barrier(ctx)
@@ -930,14 +925,4 @@ def load_run(
         >>> model, cfg = load_run("runs/demo")  # doctest: +SKIP
         >>> model(torch.randn(1, 3, 32, 32)).shape  # doctest: +SKIP
     """
-    run = Path(run_dir)
-    if not (run / CHECKPOINT_FILE).exists():
-        raise ValueError(f"{str(run)!r} has no {CHECKPOINT_FILE}; it is not a (started) run directory")
-    cfg = RunConfig.from_stored(load_config_file(run / CONFIG_FILE))
-    ckpt = load_checkpoint(run / CHECKPOINT_FILE, map_location=device)
-    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-        # The warning about a pool that a CIFAR-stem ResNet does not use was shown when it trained.
-        warnings.simplefilter("ignore", UserWarning)
-        model = create_model(**ckpt["model_kwargs"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg
+    return RunDir(run_dir).load_model(device=device)

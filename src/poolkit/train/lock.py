@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from poolkit.io import atomic_write_json
+from poolkit.rundir import LOCK_FILE, read_json
 
 __all__ = [
     "DEFAULT_EXPIRY_S",
@@ -55,8 +56,6 @@ __all__ = [
 
 logger = logging.getLogger("poolkit.train")
 
-#: The lock's file name inside the run directory.
-LOCK_FILE = "lock.json"
 #: Seconds between two heartbeats of a holder.
 DEFAULT_HEARTBEAT_S = 30.0
 #: Seconds without a heartbeat after which a lock is stale and may be taken over.
@@ -442,9 +441,10 @@ class RunLock:
 
 
 def _read_holder_file(path: Path) -> LockHolder | None:
+    data = read_json(path)
     try:
-        return LockHolder.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
+        return LockHolder.from_dict(data) if data is not None else None
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import signal
 import sys
@@ -43,6 +42,7 @@ from poolkit.experiments.sweep import (
     scheduler_states,
     write_error,
 )
+from poolkit.rundir import RunDir, read_json
 
 __all__ = ["SlurmLauncher", "SlurmRunTask", "slurm_parameters"]
 
@@ -71,7 +71,7 @@ class SlurmRunTask(submitit.helpers.Checkpointable):
         with _lock_wait_for_expiry():
             outcome = execute_run(spec, run_dir, self.train_fn, progress=False)
         if outcome.status == "failed" and self.raise_on_failure:
-            where = Path(run_dir) / "error.json"
+            where = RunDir(run_dir).error
             raise RuntimeError(f"run {spec.name} failed: {outcome.error_type}: {outcome.error} (see {where})")
         return dataclasses.asdict(outcome)
 
@@ -305,7 +305,7 @@ class SlurmLauncher:
         try:
             value = job.results()[0]
         except Exception as exc:
-            error = _read_error(run_dir)
+            error = RunDir(run_dir).read_error()
             if error is None:
                 # The job died outside train_run (killed by the scheduler, node failure, time-out
                 # without requeue): record what submitit knows.
@@ -341,20 +341,8 @@ def _sleep_unless(stop: Any, seconds: float) -> None:
         time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
 
-def _read_error(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((run_dir / "error.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _read_jobs(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in (read_json(path) or {}).items()}
 
 
 def _write_jobs(path: Path, jobs: Mapping[str, str]) -> None:
