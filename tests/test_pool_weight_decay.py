@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from poolkit.experiments.config import load_sweep
-from poolkit.experiments.sweep import expand_sweep
+from poolkit.experiments.grid import expand_sweep
 from poolkit.layers import Pool2d
 from poolkit.models import create_model
 from poolkit.train import RunConfig, WarmupCosine, train_run

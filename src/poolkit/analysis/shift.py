@@ -222,6 +222,7 @@ def probe_run(
     max_images: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     write: bool = True,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Probe a run's trained model on its dataset's test split and write ``shift.json`` beside it.
 
@@ -234,6 +235,9 @@ def probe_run(
         device: where to run the model (default: CUDA when available, else the CPU).
         data_dir: where the dataset lies when it moved since training (default: the config's data_dir).
         write: write ``run_dir/shift.json`` atomically (default True).
+        model: the run's trained model when the caller holds it already (right after training); it is
+            then used as it is (on its own device unless ``device`` is given) instead of being read
+            back from ``checkpoint.pt``.
         max_shift, seed, batch_size, max_images: as :func:`probe_model`.
 
     Returns:
@@ -244,11 +248,18 @@ def probe_run(
         {'consistency': 88.1, 'pairs': 10000, 'max_shift': 4, 'accuracy_by_shift': {...}, ...}
     """
     from poolkit.data import load_dataset
+    from poolkit.train.config import RunConfig, load_config_file
 
-    run = RunDir(resolve_run_dir(run_dir))
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, cfg = run.load_model(device=device)
+    if model is not None:
+        run = RunDir(run_dir)
+        cfg = RunConfig.from_stored(load_config_file(run.config))
+        if device is not None:
+            model = model.to(device)
+    else:
+        run = RunDir(resolve_run_dir(run_dir))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, cfg = run.load_model(device=device)
     data = load_dataset(
         cfg.dataset,
         data_dir if data_dir is not None else cfg.data_dir,

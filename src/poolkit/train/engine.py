@@ -42,7 +42,7 @@ from poolkit.train.checkpoint import (
     restore_rng_state,
 )
 from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file
-from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost
+from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost, lock_wait_setting
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -616,15 +616,6 @@ def _diverged(
     }
 
 
-def _shift_eval(out: Path, device: torch.device) -> None:
-    try:
-        from poolkit.analysis.shift import probe_run
-    except ImportError as exc:
-        logger.warning("shift_eval: skipped, poolkit.analysis.shift.probe_run is not available (%s)", exc)
-        return
-    probe_run(out, device=device)
-
-
 def train_run(
     config: Mapping[str, Any] | RunConfig,
     out_dir: str | os.PathLike[str],
@@ -634,6 +625,7 @@ def train_run(
     position: int | None = None,
     on_epoch: EpochCallback | None = None,
     lock_wait: float | None = None,
+    on_finished: Callable[[nn.Module | None], None] | None = None,
 ) -> dict[str, Any]:
     """Train one run and write its run directory; return the result (what ``result.json`` holds).
 
@@ -648,6 +640,10 @@ def train_run(
         lock_wait: seconds to wait for the run's lock (``RUN_DIR/lock.json``, see
             :mod:`poolkit.train.lock`) when another live process holds it; default: the environment
             variable ``POOLKIT_LOCK_WAIT_S``, else 0 (refuse at once).
+        on_finished: ``on_finished(model)`` on rank 0 once the run is finished and its files written: the
+            trained model (unwrapped, on its device) to use further without reading it back from disk
+            (the shift probe, :func:`poolkit.experiments.runner.train_and_probe`), or None when the
+            directory already held the finished run.
 
     Returns:
         The result dict. A directory that already holds a finished run of the same config returns its
@@ -677,20 +673,20 @@ def train_run(
         state = _inspect_run_dir(run, cfg, resume)
         D.barrier(ctx)
         if state is RunState.FINISHED:
-            return _finished(cfg, run, device, ctx)
+            return _finished(run, ctx, on_finished)
         lock = _take_lock(run, ctx, _lock_wait(lock_wait))
         try:
             # Again under the lock: the process that held it may have finished or advanced the run.
             state = _inspect_run_dir(run, cfg, resume)
             D.barrier(ctx)
             if state is RunState.FINISHED:
-                return _finished(cfg, run, device, ctx)
+                return _finished(run, ctx, on_finished)
             resume_run = state is RunState.RESUMABLE
             return _tracked(
                 cfg,
                 ctx,
                 lambda stream: _train(
-                    cfg, run, device, ctx, resume_run, progress, position, on_epoch, lock, stream
+                    cfg, run, device, ctx, resume_run, progress, position, on_epoch, on_finished, lock, stream
                 ),
             )
         finally:
@@ -701,7 +697,9 @@ def train_run(
         D.teardown_distributed(ctx)
 
 
-def _finished(cfg: RunConfig, run: RunDir, device: torch.device, ctx: D.DistContext) -> dict[str, Any]:
+def _finished(
+    run: RunDir, ctx: D.DistContext, on_finished: Callable[[nn.Module | None], None] | None
+) -> dict[str, Any]:
     problems: list[str] = []
     result = run.read_result(problems)
     if result is None:
@@ -711,19 +709,15 @@ def _finished(cfg: RunConfig, run: RunDir, device: torch.device, ctx: D.DistCont
         )
     if result.get("status") == RunState.DIVERGED.value:
         raise RunDiverged(run.path, result.get("diverged") or {})
-    if cfg.shift_eval and not run.shift.exists() and ctx.is_main:
-        _shift_eval(run.path, device)
+    if on_finished is not None and ctx.is_main:
+        on_finished(None)
     return result
 
 
 def _lock_wait(value: float | None) -> float:
-    if value is not None:
-        return max(0.0, float(value))
-    text = os.environ.get("POOLKIT_LOCK_WAIT_S", "")
-    try:
-        return max(0.0, float(text)) if text else 0.0
-    except ValueError:
-        raise ValueError(f"POOLKIT_LOCK_WAIT_S={text!r} is not a number of seconds") from None
+    if value is None:
+        value = lock_wait_setting()
+    return max(0.0, float(value)) if value is not None else 0.0
 
 
 def _take_lock(run: RunDir, ctx: D.DistContext, wait_s: float) -> RunLock | None:
@@ -789,6 +783,7 @@ def _train(
     progress: bool,
     position: int | None,
     on_epoch: EpochCallback | None,
+    on_finished: Callable[[nn.Module | None], None] | None,
     lock: RunLock | None,
     stream: EventStream,
 ) -> dict[str, Any]:
@@ -889,9 +884,9 @@ def _train(
         run.write_result(_json_safe(result))
         # Finished: nothing will resume from the previous generation any more.
         run.drop_previous_checkpoint()
-        if cfg.shift_eval:
-            _shift_eval(out, device)
     D.barrier(ctx)
+    if on_finished is not None and ctx.is_main:
+        on_finished(trainer.model)
     return result
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "RunLockError",
     "RunLockLost",
     "lock_settings",
+    "lock_wait_setting",
     "read_lock",
 ]
 
@@ -110,6 +111,21 @@ def lock_settings() -> tuple[float, float]:
     heartbeat, expiry = values
     _check_timing(heartbeat, expiry)
     return heartbeat, expiry
+
+
+def lock_wait_setting() -> float | None:
+    """Seconds to wait for a busy run's lock from ``POOLKIT_LOCK_WAIT_S``, or None when it is not set.
+
+    The user-facing default of ``train_run(lock_wait=)``; callers pass ``lock_wait`` explicitly.
+
+    Raises:
+        ValueError: the value is not a number.
+    """
+    text = os.environ.get("POOLKIT_LOCK_WAIT_S", "")
+    try:
+        return float(text) if text else None
+    except ValueError:
+        raise ValueError(f"POOLKIT_LOCK_WAIT_S={text!r} is not a number of seconds") from None
 
 
 def _check_timing(heartbeat_s: float, expiry_s: float) -> None:
