@@ -19,6 +19,7 @@ MODULES = [
     "poolkit.layers.fused",
     "poolkit.text",
     "poolkit.errors",
+    "poolkit.rundir",
 ]
 
 
