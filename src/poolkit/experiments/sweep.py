@@ -212,34 +212,28 @@ class SweepResult:
 
 @contextlib.contextmanager
 def sweep_lock(runs_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``runs_dir`` so two sweeps never train the same run directory at once."""
+    """Hold the lock of ``runs_dir`` so two sweeps never train the same run directories at once.
+
+    It is the run lock (:class:`~poolkit.train.lock.RunLock`) taken on the sweep's runs directory
+    (``OUT/runs/lock.json``): a second sweep is refused while the first one lives, on any machine that
+    shares the directory, and the lock of a sweep that was killed is taken over.
+
+    Raises:
+        LauncherError: another live sweep holds it.
+    """
+    from poolkit.train.lock import RunBusyError, RunLock
+
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
+        lock = RunLock(runs_dir).acquire()
+    except RunBusyError as exc:
+        raise LauncherError(
+            f"another poolkit sweep ({exc.holder.describe()}) is running in {runs_dir}; "
+            "wait for it to end or use another --out"
+        ) from None
+    try:
         yield
-        return
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    path = runs_dir / ".sweep.lock"
-    with path.open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise LauncherError(
-                f"another poolkit sweep (pid {holder}) is running in {runs_dir}; "
-                "wait for it to end or use another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def _missing_data_dirs(todo: Sequence[PlannedRun]) -> list[tuple[str, str]]:

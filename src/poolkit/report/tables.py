@@ -241,10 +241,6 @@ class Group:
     duplicates: list[RunRecord] = field(default_factory=list)
 
     @property
-    def options_key(self) -> str:
-        return json.dumps(self.options, sort_keys=True, default=str)
-
-    @property
     def title(self) -> str:
         return method_title(self.pool, self.options)
 
