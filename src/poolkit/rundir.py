@@ -24,7 +24,7 @@ holds is ``running``, and one whose holder is gone (or silent past the lock's ex
 
 The readers are tolerant: a missing or broken file reads as ``None`` (and, given a ``problems`` list, a
 sentence saying what is wrong is appended), so a half-written or hand-edited directory never crashes a
-status table or a report. Every writer is atomic (:mod:`poolkit.io`).
+status table or a report. Every writer is atomic (:mod:`poolkit.atomic`).
 
 Example:
     >>> import tempfile
@@ -49,7 +49,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from poolkit.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from poolkit.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from torch import device as TorchDevice

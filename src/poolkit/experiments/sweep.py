@@ -247,7 +247,7 @@ def _missing_data_dirs(todo: Sequence[PlannedRun]) -> list[tuple[str, str]]:
 
 
 def _write_sweep_yaml(sweep: SweepConfig, runs_dir: Path) -> None:
-    from poolkit.io import atomic_write_text
+    from poolkit.atomic import atomic_write_text
 
     atomic_write_text(runs_dir / "sweep.yaml", sweep.to_yaml())
 

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from poolkit.io import atomic_write_json
+from poolkit.atomic import atomic_write_json
 from poolkit.rundir import LOCK_FILE, read_json
 
 __all__ = [

@@ -328,7 +328,7 @@ def _read_jobs(path: Path) -> dict[str, str]:
 
 
 def _write_jobs(path: Path, jobs: Mapping[str, str]) -> None:
-    from poolkit.io import atomic_write_json
+    from poolkit.atomic import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, dict(sorted(jobs.items())))
