@@ -20,6 +20,7 @@ MODULES = [
     "poolkit.kernels.ops",
     "poolkit.text",
     "poolkit.errors",
+    "poolkit.rundir",
 ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from poolkit.experiments import expand_sweep
-from poolkit.experiments.sweep import execute_run
+from poolkit.experiments.runner import execute_run
 from poolkit.train import train_run
 from poolkit.train.checkpoint import load_checkpoint
 from poolkit.train.cli import EXIT_BUSY, build_parser, main

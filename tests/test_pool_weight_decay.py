@@ -16,13 +16,13 @@ import torch
 import yaml
 
 from poolkit.experiments.config import load_sweep
-from poolkit.experiments.sweep import expand_sweep
+from poolkit.experiments.grid import expand_sweep
 from poolkit.layers import Pool2d
 from poolkit.models import create_model
 from poolkit.train import RunConfig, WarmupCosine, train_run
 from poolkit.train.checkpoint import load_checkpoint
 from poolkit.train.cli import add_arguments, config_from_args
-from poolkit.train.engine import parameter_groups
+from poolkit.train.trainer import parameter_groups
 
 BASE: dict[str, Any] = {"dataset": "synthetic", "model": "vgg11", "width": 0.125, "epochs": 2}
 PROBE: dict[str, Any] = {

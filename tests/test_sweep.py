@@ -381,6 +381,7 @@ def test_result_of_another_run_does_not_count_as_finished(tmp_path):
     [
         "poolkit.experiments",
         "poolkit.experiments.config",
+        "poolkit.experiments.grid",
         "poolkit.experiments.sweep",
         "poolkit.experiments.launchers",
         "poolkit.experiments.launchers.slurm",

@@ -20,7 +20,8 @@ import yaml
 
 from poolkit.experiments import SweepConfig, SweepConfigError, expand_sweep, run_sweep
 from poolkit.experiments.launchers import EtaEstimator, SweepProgress, format_duration
-from poolkit.experiments.sweep import LauncherError, RunOutcome, sweep_lock
+from poolkit.experiments.runner import LauncherError, RunOutcome
+from poolkit.experiments.sweep import sweep_lock
 from poolkit.train.config import RunConfig
 
 HERE = Path(__file__).resolve().parent

@@ -21,7 +21,8 @@ from poolkit.cli import main as poolkit_main
 from poolkit.experiments import expand_sweep, load_preset, load_sweep, run_sweep
 from poolkit.experiments.config import SlurmOptions
 from poolkit.experiments.launchers.slurm import SlurmRunTask, slurm_parameters
-from poolkit.experiments.sweep import LauncherError, execute_run, sweep_status
+from poolkit.experiments.runner import LauncherError, execute_run
+from poolkit.experiments.sweep import sweep_status
 from poolkit.train.lock import LOCK_FILE, RunLock, read_lock
 from test_sweep_launch import fake_train, sweep_of
 

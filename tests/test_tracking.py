@@ -247,7 +247,7 @@ def test_sweep_logger_flag_reaches_every_run_and_a_missing_package_is_a_user_err
     )
     assert main(["sweep", str(sweep), "--out", str(tmp_path / "out"), "--dry-run", "--logger", "mlflow"]) == 0
     from poolkit.experiments.config import load_sweep
-    from poolkit.experiments.sweep import expand_sweep
+    from poolkit.experiments.grid import expand_sweep
 
     plain = expand_sweep(load_sweep(sweep))
     logged = expand_sweep(load_sweep(sweep, sets=["loggers=[mlflow]"]))

@@ -229,11 +229,11 @@ def test_cli_reports_config_errors_with_status_2(tmp_path: Path, capsys: pytest.
 def test_shift_eval_is_skipped_with_a_log_line_when_the_probe_is_missing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from poolkit.train.engine import _shift_eval
+    from poolkit.experiments.runner import _shift_eval
 
     monkeypatch.setitem(sys.modules, "poolkit.analysis.shift", None)  # makes the import fail
-    with caplog.at_level(logging.WARNING, logger="poolkit.train"):
-        _shift_eval(tmp_path, torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="poolkit.experiments"):
+        _shift_eval(tmp_path, None)
     assert "shift_eval: skipped" in caplog.text
 
 

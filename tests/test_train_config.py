@@ -173,7 +173,7 @@ def test_cli_rejects_malformed_pool_opt() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["poolkit.train.config", "poolkit.train.engine"],
+    ["poolkit.train.config", "poolkit.train.engine", "poolkit.train.trainer"],
 )
 def test_docstring_examples(name: str) -> None:
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from poolkit.rundir import CHECKPOINT_FILE, CONFIG_FILE, SHIFT_FILE, RunDir
+
 __all__ = [
     "DIAGONAL_SHIFTS",
     "SHIFT_FILE",
@@ -43,7 +45,6 @@ __all__ = [
 
 #: The diagonal shifts (pixels along both axes) of ``accuracy_by_shift``.
 DIAGONAL_SHIFTS = (0, 1, 2, 3, 4)
-SHIFT_FILE = "shift.json"
 
 
 def default_max_shift(image_size: int | Sequence[int]) -> int:
@@ -195,17 +196,17 @@ def resolve_run_dir(path: str | os.PathLike[str]) -> Path:
     """
     path = Path(path)
     if path.is_file():
-        if not (path.parent / "config.yaml").is_file():
+        if not RunDir(path.parent).config.is_file():
             raise ValueError(
-                f"{str(path)!r} is a file but its directory has no config.yaml; give a run directory or the "
-                "checkpoint.pt inside one"
+                f"{str(path)!r} is a file but its directory has no {CONFIG_FILE}; give a run directory or "
+                f"the {CHECKPOINT_FILE} inside one"
             )
         return path.parent
     if path.is_dir():
-        if not (path / "checkpoint.pt").is_file():
+        if not RunDir(path).checkpoint.is_file():
             raise ValueError(
-                f"{str(path)!r} has no checkpoint.pt: it is not a (started) run directory; give a directory "
-                "written by `poolkit train --out DIR` or a sweep"
+                f"{str(path)!r} has no {CHECKPOINT_FILE}: it is not a (started) run directory; give a "
+                "directory written by `poolkit train --out DIR` or a sweep"
             )
         return path
     raise ValueError(f"{str(path)!r} does not exist; give a run directory or the checkpoint.pt inside one")
@@ -221,18 +222,22 @@ def probe_run(
     max_images: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     write: bool = True,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Probe a run's trained model on its dataset's test split and write ``shift.json`` beside it.
 
-    The model comes from :func:`poolkit.train.load_run`; the dataset named in ``config.yaml`` is loaded
-    with the run's ``val_fraction`` and ``seed``, so the normalisation is the one the model was trained
-    with.
+    The model comes from :meth:`poolkit.rundir.RunDir.load_model`; the dataset named in ``config.yaml``
+    is loaded with the run's ``val_fraction`` and ``seed``, so the normalisation is the one the model was
+    trained with.
 
     Args:
         run_dir: a run directory, or the ``checkpoint.pt`` inside one.
         device: where to run the model (default: CUDA when available, else the CPU).
         data_dir: where the dataset lies when it moved since training (default: the config's data_dir).
         write: write ``run_dir/shift.json`` atomically (default True).
+        model: the run's trained model when the caller holds it already (right after training); it is
+            then used as it is (on its own device unless ``device`` is given) instead of being read
+            back from ``checkpoint.pt``.
         max_shift, seed, batch_size, max_images: as :func:`probe_model`.
 
     Returns:
@@ -243,13 +248,18 @@ def probe_run(
         {'consistency': 88.1, 'pairs': 10000, 'max_shift': 4, 'accuracy_by_shift': {...}, ...}
     """
     from poolkit.data import load_dataset
-    from poolkit.io import atomic_write_json
-    from poolkit.train import load_run
+    from poolkit.train.config import RunConfig, load_config_file
 
-    run = resolve_run_dir(run_dir)
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, cfg = load_run(run, device=device)
+    if model is not None:
+        run = RunDir(run_dir)
+        cfg = RunConfig.from_stored(load_config_file(run.config))
+        if device is not None:
+            model = model.to(device)
+    else:
+        run = RunDir(resolve_run_dir(run_dir))
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        model, cfg = run.load_model(device=device)
     data = load_dataset(
         cfg.dataset,
         data_dir if data_dir is not None else cfg.data_dir,
@@ -267,5 +277,5 @@ def probe_run(
         max_images=max_images,
     )
     if write:
-        atomic_write_json(run / SHIFT_FILE, result)
+        run.write_shift(result)
     return result

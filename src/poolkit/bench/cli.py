@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 import poolkit
+from poolkit.atomic import atomic_write_text
 from poolkit.bench.models import ModelResult, bench_models
 from poolkit.bench.ops import (
     _ALL_DTYPES,
@@ -38,7 +39,6 @@ from poolkit.bench.output import (
 )
 from poolkit.bench.targets import TARGET_METHODS, TargetResult, evaluate_targets
 from poolkit.bench.timing import _resolve_device
-from poolkit.io import atomic_write_text
 from poolkit.layers.fused import fused_kernel_mode
 from poolkit.registry import STUDY_METHODS
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 import poolkit
+from poolkit.atomic import atomic_write_csv, atomic_write_json
 from poolkit.bench.models import ModelResult
 from poolkit.bench.ops import CLONE, COPY, OpResult
 from poolkit.bench.targets import TargetResult
-from poolkit.io import atomic_write_csv, atomic_write_json
 from poolkit.text import align_columns
 
 __all__ = [

@@ -9,7 +9,7 @@ When the data root cannot be written (a read-only share, for instance, or a fold
 permission bit, which counts as read-only even for root), the cache goes to a user directory instead:
 ``$POOLKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/poolkit`` or ``~/.cache/poolkit``, in a sub-folder
 named after the data root and a hash of its absolute path.
-Cache files are written atomically (:func:`poolkit.io.atomic_torch_save`), so an interrupted
+Cache files are written atomically (:func:`poolkit.atomic.atomic_torch_save`), so an interrupted
 write never leaves a half-written cache behind, and several processes may fill the cache at once.
 """
 
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from poolkit.atomic import atomic_torch_save
 from poolkit.data.base import ImageSplit
 from poolkit.errors import DataNotFoundError
-from poolkit.io import atomic_torch_save
 
 __all__ = [
     "CACHE_DIRNAME",

@@ -2,8 +2,11 @@
 
 * :mod:`~poolkit.experiments.config`: the sweep YAML schema and its validation
   (:func:`load_sweep`, :func:`load_preset`, :func:`list_presets`).
-* :mod:`~poolkit.experiments.sweep`: grid expansion into runs (:func:`expand_sweep`), what is left to
-  do (:func:`plan_runs`), :func:`run_sweep`, and where every run stands (:func:`sweep_status`).
+* :mod:`~poolkit.experiments.grid`: grid expansion into runs (:func:`expand_sweep`) and their names.
+* :mod:`~poolkit.experiments.runner`: what is left to do (:func:`plan_runs`) and running one run
+  (``execute_run``, with the shift probe after training); the launchers use only this module.
+* :mod:`~poolkit.experiments.sweep`: :func:`run_sweep`, its summary, and where every run stands
+  (:func:`sweep_status`); :mod:`~poolkit.experiments.scheduler`: what SLURM says about the jobs.
 * :mod:`~poolkit.experiments.launchers`: ``local`` (worker processes) and ``slurm`` (submitit).
 * :mod:`~poolkit.experiments.cli`: ``poolkit sweep`` and ``poolkit reproduce``.
 
@@ -27,18 +30,9 @@ from poolkit.experiments.config import (
     load_sweep,
     preset_path,
 )
-from poolkit.experiments.sweep import (
-    PlannedRun,
-    RunOutcome,
-    RunSpec,
-    RunStatus,
-    SweepResult,
-    expand_sweep,
-    plan_runs,
-    results_table,
-    run_sweep,
-    sweep_status,
-)
+from poolkit.experiments.grid import RunSpec, expand_sweep
+from poolkit.experiments.runner import PlannedRun, RunOutcome, plan_runs
+from poolkit.experiments.sweep import RunStatus, SweepResult, results_table, run_sweep, sweep_status
 
 __all__ = [
     "LocalOptions",

@@ -266,7 +266,8 @@ def _launcher_text(args: argparse.Namespace, sweep: SweepConfig) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from poolkit.experiments.sweep import expand_sweep, format_status, sweep_status
+    from poolkit.experiments.grid import expand_sweep
+    from poolkit.experiments.sweep import format_status, sweep_status
 
     try:
         sweep = _load(args, status=True)
@@ -280,7 +281,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, *, report: bool) -> int:
-    from poolkit.experiments.sweep import LauncherError, format_plan, run_sweep
+    from poolkit.experiments.runner import LauncherError
+    from poolkit.experiments.sweep import format_plan, run_sweep
 
     if getattr(args, "status", False):
         return _status(args)

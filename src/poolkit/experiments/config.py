@@ -20,7 +20,7 @@ A sweep is a YAML mapping (see ``docs/experiments.md`` for the full schema)::
 Everything is checked before anything runs: an unknown key or a bad value raises
 :class:`SweepConfigError` (a ``ValueError``) naming where it is in the file and what is allowed.
 Run-level rules (types, ranges, names of models and datasets) are checked by
-``RunConfig.from_dict`` on every expanded run in :func:`poolkit.experiments.sweep.expand_sweep`.
+``RunConfig.from_dict`` on every expanded run in :func:`poolkit.experiments.grid.expand_sweep`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
-"""Sweeps: grid expansion into runs, run ids and directories, what is left to do, and running it all.
+"""Sweeps: running every unfinished run of a sweep, the summary, and where every run stands.
 
-A :class:`~poolkit.experiments.config.SweepConfig` expands into :class:`RunSpec` s (one validated
-``RunConfig`` each). Every run lives in ``OUT/runs/<dataset>_<model>_<pool>_s<seed>_<id>/`` where
-``<id>`` is ``RunConfig.run_id()``, so rerunning a sweep finds its runs again:
+A :class:`~poolkit.experiments.config.SweepConfig` expands into runs (:mod:`poolkit.experiments.grid`);
+what is left to do comes from each run directory's state (:func:`~poolkit.experiments.runner.plan_runs`):
 
 * ``result.json`` present: the run is finished and skipped; one with ``"status": "diverged"`` (its
   training loss became NaN or infinite) is counted as diverged and skipped too (the same config would
@@ -12,387 +11,47 @@ A :class:`~poolkit.experiments.config.SweepConfig` expands into :class:`RunSpec`
 * ``checkpoint.pt`` present: the run resumes from its last finished epoch;
 * otherwise it starts from scratch.
 
-:func:`run_sweep` does all of it with a launcher (local worker processes or a SLURM job array) and
-returns a :class:`SweepResult` whose :meth:`~SweepResult.summary` is the table ``poolkit sweep`` prints.
+:func:`run_sweep` does all of it with a launcher (local worker processes or a SLURM job array, each
+running :func:`~poolkit.experiments.runner.execute_run` per run) and returns a :class:`SweepResult`
+whose :meth:`~SweepResult.summary` is the table ``poolkit sweep`` prints; :func:`sweep_status` and
+:func:`format_status` are ``poolkit sweep --status``.
+
+Example:
+    >>> import tempfile
+    >>> from poolkit.experiments import load_preset
+    >>> result = run_sweep(load_preset("quick"), tempfile.mkdtemp(), dry_run=True)  # plans, writes nothing
+    >>> len(result.planned), result.planned[0].status, result.exit_code
+    (9, 'new', 0)
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import json
 import math
 import os
 import sys
-import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
-from poolkit.experiments.config import PoolEntry, SweepConfig, SweepConfigError
+from poolkit.experiments.config import SweepConfig, SweepConfigError
+from poolkit.experiments.grid import RunSpec, expand_sweep
+from poolkit.experiments.runner import LauncherError, PlannedRun, RunOutcome, TrainFn, plan_runs
+from poolkit.experiments.scheduler import QUEUED_STATES, scheduler_states
+from poolkit.rundir import RunDir, RunState, finite_number, read_json
 from poolkit.text import align_columns
 
 __all__ = [
-    "LauncherError",
-    "PlannedRun",
-    "RunOutcome",
-    "RunSpec",
     "RunStatus",
     "SweepResult",
-    "TrainFn",
-    "execute_run",
-    "expand_sweep",
     "format_plan",
     "format_status",
-    "plan_runs",
     "results_table",
-    "run_dir_name",
     "run_sweep",
-    "scheduler_states",
     "sweep_lock",
     "sweep_status",
-    "write_error",
 ]
-
-#: ``train_run(config, out_dir, *, resume, progress, ...) -> result dict``: what a launcher calls per run.
-TrainFn = Callable[..., Mapping[str, Any]]
-Status = Literal["new", "resume", "finished", "failed", "diverged"]
-
-
-class LauncherError(RuntimeError):
-    """A sweep cannot be launched: its directory is in use by another sweep, or the launcher is not
-    available here (``--launcher slurm`` without SLURM)."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a sweep.
-
-    Attributes:
-        config: the fully resolved run config (``RunConfig.to_dict()``): what ``config.yaml`` will hold.
-        run_id: ``RunConfig.run_id()``, the first 10 hex digits of the config's SHA-256.
-        name: the run directory's name, ``<dataset>_<model>_<pool>_s<seed>_<run_id>``.
-        method: the pool and the options the sweep gave it, e.g. ``tmaxavg(k=2, threshold=0.3)``.
-        variant: other run keys that vary across the sweep (besides dataset, model, pool and seed),
-            e.g. ``width=0.5``; empty when none do.
-    """
-
-    config: dict[str, Any]
-    run_id: str
-    name: str
-    method: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        extra = f" [{self.variant}]" if self.variant else ""
-        c = self.config
-        return f"{c['dataset']} {c['model']} {self.method}{extra} seed {c['seed']}"
-
-
-def run_dir_name(config: Mapping[str, Any], run_id: str) -> str:
-    """``<dataset>_<model>_<pool>_s<seed>_<run_id>`` for a resolved run config."""
-    return f"{config['dataset']}_{config['model']}_{config['pool']}_s{config['seed']}_{run_id}"
-
-
-def _method_label(pool: str, options: Mapping[str, Any]) -> str:
-    if not options:
-        return pool
-    return f"{pool}({', '.join(f'{k}={v}' for k, v in options.items())})"
-
-
-def _grid_points(sweep: SweepConfig) -> Iterator[dict[str, Any]]:
-    """Every combination of the grid's values; seed is the outermost axis, so an interrupted sweep has
-    finished whole seeds of every configuration rather than every seed of a few."""
-    axes = sorted(sweep.grid, key=lambda a: a != "seed")
-    choices: list[list[Any]] = []
-    for axis in axes:
-        if axis == "pool":
-            choices.append([p for entry in sweep.grid[axis] for p in _as_entry(entry).expand()])
-        else:
-            choices.append(list(sweep.grid[axis]))
-    for combo in itertools.product(*choices):
-        point: dict[str, Any] = {}
-        for axis, value in zip(axes, combo, strict=True):
-            if axis == "pool":
-                point["pool"], point["pool_options"] = value
-            else:
-                point[axis] = value
-        yield point
-
-
-def _as_entry(entry: PoolEntry | str) -> PoolEntry:
-    return entry if isinstance(entry, PoolEntry) else PoolEntry(entry)
-
-
-def expand_sweep(sweep: SweepConfig) -> list[RunSpec]:
-    """Every run of a sweep, validated with ``RunConfig.from_dict``, in launch order.
-
-    Precedence, lowest first: RunConfig defaults, ``train``, the grid point, then each matching
-    override in file order. Overrides match on the values from ``train`` and the grid (the RunConfig
-    default for a key set in neither).
-
-    Raises:
-        SweepConfigError: a run is invalid (the message names the run and the key), or two grid points
-            are the same run.
-
-    Example:
-        >>> from poolkit.experiments import load_preset
-        >>> runs = expand_sweep(load_preset("quick"))
-        >>> len(runs), runs[0].name.startswith("mnist5k_vgg11_")
-        (9, True)
-    """
-    from poolkit.train.config import RunConfig
-
-    defaults = _run_defaults()
-    specs: list[RunSpec] = []
-    seen: dict[str, str] = {}
-    for point in _grid_points(sweep):
-        base = {**sweep.train, **point}
-        values = dict(base)
-        for override in sweep.overrides:
-            # Match against the defaults too, so `match: {stem: cifar}` also finds runs that leave
-            # stem at its default.
-            if override.matches({**defaults, **base}):
-                values.update(override.set)
-        pool = values.get("pool", defaults["pool"])
-        method = _method_label(pool, values.get("pool_options", {}))
-        where = ", ".join(
-            f"{k}={method if k == 'pool' else v}" for k, v in point.items() if k != "pool_options"
-        )
-        try:
-            config = RunConfig.from_dict(values)
-        except ValueError as exc:
-            raise SweepConfigError(f"sweep {sweep.name!r}, run {{{where}}}: {exc}") from None
-        run_id = config.run_id()
-        if run_id in seen:
-            raise SweepConfigError(
-                f"sweep {sweep.name!r}: the grid points {{{seen[run_id]}}} and {{{where}}} give the same run "
-                f"(id {run_id}); remove one of them"
-            )
-        seen[run_id] = where
-        resolved = config.to_dict()
-        specs.append(RunSpec(resolved, run_id, run_dir_name(resolved, run_id), method))
-    return _with_variants(specs)
-
-
-def _run_defaults() -> dict[str, Any]:
-    import dataclasses
-
-    from poolkit.train.config import RunConfig
-
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(RunConfig):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            out[f.name] = f.default_factory()
-    return out
-
-
-def _with_variants(specs: list[RunSpec]) -> list[RunSpec]:
-    """Name the run keys that vary among runs of one dataset, model, method and seed (e.g. a ``width``
-    axis). Keys that differ only between datasets or models (an override's ``epochs`` for Tiny
-    ImageNet) are not variants: they do not split a row of the results table."""
-    from poolkit.train.config import NON_RESULT_KEYS
-
-    fixed = {"dataset", "model", "pool", "pool_options", "seed", *NON_RESULT_KEYS}
-    keys = [k for k in (specs[0].config if specs else {}) if k not in fixed]
-    groups: dict[tuple[Any, ...], list[RunSpec]] = {}
-    for spec in specs:
-        c = spec.config
-        groups.setdefault((c["dataset"], c["model"], spec.method, c["seed"]), []).append(spec)
-
-    def varies(key: str) -> bool:
-        return any(len({json.dumps(s.config[key], sort_keys=True) for s in g}) > 1 for g in groups.values())
-
-    varying = [k for k in keys if varies(k)]
-    if not varying:
-        return specs
-    return [
-        RunSpec(s.config, s.run_id, s.name, s.method, ", ".join(f"{k}={s.config[k]}" for k in varying))
-        for s in specs
-    ]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# What is on disk.
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    """A run and what the next invocation will do with it.
-
-    ``status``: ``"new"`` (start), ``"resume"`` (continue from ``checkpoint.pt`` after
-    ``epochs_done`` epochs), ``"finished"`` (skip), ``"failed"`` (an earlier attempt wrote
-    ``error.json``; skipped unless retried) or ``"diverged"`` (its ``result.json`` says the training loss
-    became non-finite; skipped, and ``error`` says where).
-    """
-
-    spec: RunSpec
-    status: Status
-    epochs_done: int = 0
-    error: str | None = None
-
-
-def _epochs_done(run_dir: Path) -> int:
-    try:
-        with (run_dir / "metrics.csv").open(encoding="utf-8") as handle:
-            return max(0, sum(1 for line in handle if line.strip()) - 1)
-    except OSError:
-        return 0
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def plan_runs(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) -> list[PlannedRun]:
-    """The status of every run from the files in its directory (see :class:`PlannedRun`).
-
-    A ``result.json`` counts only if it is readable and names the same run id (a directory with another
-    run's result is left for ``train_run`` to refuse, which records the failure).
-    """
-    runs_dir = Path(runs_dir)
-    planned = []
-    for spec in specs:
-        run_dir = runs_dir / spec.name
-        result = _read_json(run_dir / "result.json")
-        if result is not None and result.get("run_id") in (None, spec.run_id):
-            status = result.get("status", "finished")
-            if status == "finished":
-                planned.append(PlannedRun(spec, "finished", _epochs_done(run_dir)))
-                continue
-            if status == "diverged":
-                planned.append(PlannedRun(spec, "diverged", _epochs_done(run_dir), _divergence_text(result)))
-                continue
-        error = _read_json(run_dir / "error.json")
-        if error is not None:
-            message = f"{error.get('type', 'Error')}: {str(error.get('error', '')).strip().splitlines()[0:1]}"
-            message = (
-                f"{error.get('type', 'Error')}: "
-                + (str(error.get("error") or "").strip().splitlines() or [""])[0]
-            )
-            planned.append(PlannedRun(spec, "failed", _epochs_done(run_dir), message))
-        elif (run_dir / "checkpoint.pt").is_file():
-            planned.append(PlannedRun(spec, "resume", _epochs_done(run_dir)))
-        else:
-            planned.append(PlannedRun(spec, "new"))
-    return planned
-
-
-def _divergence_text(result: Mapping[str, Any]) -> str:
-    where = result.get("diverged") if isinstance(result.get("diverged"), dict) else {}
-    return (
-        f"diverged at epoch {where.get('epoch', '?')}, step {where.get('step', '?')} "
-        f"(training loss {where.get('loss', '?')})"
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Running one run (shared by every launcher).
-
-
-@dataclass
-class RunOutcome:
-    """How one launched run ended: ``status`` is ``"finished"``, ``"failed"``, ``"diverged"`` (its training
-    loss became non-finite; ``result.json`` records where), ``"interrupted"`` or ``"busy"`` (another live
-    process holds the run's lock and is training it; nothing was written)."""
-
-    name: str
-    status: Literal["finished", "failed", "diverged", "interrupted", "busy"]
-    seconds: float | None = None
-    test_top1: float | None = None
-    error: str | None = None
-    error_type: str | None = None
-
-
-def write_error(
-    run_dir: str | os.PathLike[str],
-    exc: BaseException | None = None,
-    *,
-    message: str | None = None,
-    type_name: str | None = None,
-    tb: str | None = None,
-) -> dict[str, Any]:
-    """Write ``error.json`` (``error``, ``type``, ``traceback``, ``time``) atomically; returns the record.
-
-    Pass the exception, or ``message``/``type_name`` for a failure without one (a worker that died).
-    """
-    from poolkit.io import atomic_write_json
-
-    record = {
-        "error": message if message is not None else str(exc),
-        "type": type_name if type_name is not None else type(exc).__name__,
-        "traceback": tb
-        if tb is not None
-        else (
-            "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc is not None else ""
-        ),
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_json(Path(run_dir) / "error.json", record)
-    return record
-
-
-def _default_train_fn() -> TrainFn:
-    from poolkit.train import train_run
-
-    return train_run
-
-
-def execute_run(
-    spec: RunSpec, run_dir: str | os.PathLike[str], train_fn: TrainFn | None = None, **train_kwargs: Any
-) -> RunOutcome:
-    """Run one spec with ``train_fn`` (default :func:`poolkit.train.train_run`) and ``resume=True``.
-
-    An ``error.json`` left by an earlier attempt is removed first; an exception is recorded in a new
-    one and returned as a ``"failed"`` outcome, so the caller's other runs go on. A run whose lock is
-    held by another live process (``RunBusyError``), or was taken over while training
-    (``RunLockLost``), is ``"busy"``: not a failure, and nothing is recorded.
-    ``KeyboardInterrupt`` and ``SystemExit`` propagate (an interruption is not a failure: the
-    checkpoint stays for the next invocation).
-    """
-    from poolkit.train.engine import RunDiverged
-    from poolkit.train.lock import RunBusyError, RunLockLost
-
-    run_dir = Path(run_dir)
-    with contextlib.suppress(FileNotFoundError):
-        (run_dir / "error.json").unlink()
-    train = train_fn if train_fn is not None else _default_train_fn()
-    try:
-        result = train(spec.config, run_dir, resume=True, **train_kwargs)
-    except (RunBusyError, RunLockLost) as exc:
-        return RunOutcome(spec.name, "busy", error=str(exc), error_type=type(exc).__name__)
-    except RunDiverged as exc:
-        # Not a bug: result.json (status "diverged") records where; the sweep goes on.
-        return RunOutcome(spec.name, "diverged", error=str(exc), error_type="RunDiverged")
-    except Exception as exc:
-        if int(os.environ.get("RANK", "0")) == 0:
-            write_error(run_dir, exc)
-        return RunOutcome(spec.name, "failed", error=str(exc), error_type=type(exc).__name__)
-    return RunOutcome(
-        spec.name,
-        "finished",
-        seconds=_number(result.get("seconds")),
-        test_top1=_number(result.get("test_top1")),
-    )
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Results.
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float | None]:
@@ -421,8 +80,8 @@ def results_table(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) ->
                 seq.append(item)
         key = (model, dataset, row)
         planned[key] = planned.get(key, 0) + 1
-        result = _read_json(runs_dir / spec.name / "result.json")
-        top1 = _number(result.get("test_top1")) if result else None
+        result = RunDir(runs_dir / spec.name).read_result()
+        top1 = finite_number(result.get("test_top1")) if result else None
         if top1 is not None:
             cells.setdefault(key, []).append(top1)
 
@@ -450,10 +109,6 @@ def results_table(specs: Sequence[RunSpec], runs_dir: str | os.PathLike[str]) ->
         lines.append("")
         lines.extend(align_columns(grid, right=True))
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# A whole sweep.
 
 
 @dataclass
@@ -530,7 +185,7 @@ class SweepResult:
         for name, kind, error in failures:
             first = (error or "").strip().splitlines()[0] if error else ""
             label = f"{kind}: {first}" if kind else first
-            lines.append(f"  FAILED {name}: {label}  (see {self.runs_dir / name / 'error.json'})")
+            lines.append(f"  FAILED {name}: {label}  (see {RunDir(self.runs_dir / name).error})")
         diverged = [(n, (o.error or "").strip()) for n, o in self.outcomes.items() if o.status == "diverged"]
         diverged += [
             (p.spec.name, p.error or "")
@@ -557,34 +212,28 @@ class SweepResult:
 
 @contextlib.contextmanager
 def sweep_lock(runs_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``runs_dir`` so two sweeps never train the same run directory at once."""
+    """Hold the lock of ``runs_dir`` so two sweeps never train the same run directories at once.
+
+    It is the run lock (:class:`~poolkit.train.lock.RunLock`) taken on the sweep's runs directory
+    (``OUT/runs/lock.json``): a second sweep is refused while the first one lives, on any machine that
+    shares the directory, and the lock of a sweep that was killed is taken over.
+
+    Raises:
+        LauncherError: another live sweep holds it.
+    """
+    from poolkit.train.lock import RunBusyError, RunLock
+
     try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock, as before
+        lock = RunLock(runs_dir).acquire()
+    except RunBusyError as exc:
+        raise LauncherError(
+            f"another poolkit sweep ({exc.holder.describe()}) is running in {runs_dir}; "
+            "wait for it to end or use another --out"
+        ) from None
+    try:
         yield
-        return
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    path = runs_dir / ".sweep.lock"
-    with path.open("a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise LauncherError(
-                f"another poolkit sweep (pid {holder}) is running in {runs_dir}; "
-                "wait for it to end or use another --out"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.seek(0)
-            handle.truncate()
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        lock.release()
 
 
 def _missing_data_dirs(todo: Sequence[PlannedRun]) -> list[tuple[str, str]]:
@@ -598,7 +247,7 @@ def _missing_data_dirs(todo: Sequence[PlannedRun]) -> list[tuple[str, str]]:
 
 
 def _write_sweep_yaml(sweep: SweepConfig, runs_dir: Path) -> None:
-    from poolkit.io import atomic_write_text
+    from poolkit.atomic import atomic_write_text
 
     atomic_write_text(runs_dir / "sweep.yaml", sweep.to_yaml())
 
@@ -714,9 +363,6 @@ def run_sweep(
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The state of every run (``poolkit sweep --status``).
-
 StatusState = Literal[
     "finished", "running", "failed", "diverged", "queued", "stalled", "resumable", "not started"
 ]
@@ -743,70 +389,37 @@ class RunStatus:
     detail: str = ""
 
 
-def scheduler_states(job_ids: Sequence[str]) -> dict[str, str] | None:
-    """SLURM's state of each job id (one ``sacct`` call for all), or None when ``sacct`` is not here."""
-    import shutil
-
-    ids = [str(j) for j in job_ids if j]
-    if not ids or shutil.which("sacct") is None:
-        return None
-    try:
-        from submitit.slurm.slurm import SlurmInfoWatcher
-
-        watcher = SlurmInfoWatcher(delay_s=600)
-        for job_id in ids:
-            watcher.register_job(job_id)
-        watcher.update()
-        return {job_id: watcher.get_state(job_id, mode="cache") for job_id in ids}
-    except Exception:  # a broken sacct must not break the status table
-        return None
-
-
-_QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "RUNNING", "SUSPENDED"}
-
-
 def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> list[RunStatus]:
     """The :class:`RunStatus` of every run of a sweep in ``out_dir`` (reads files; trains nothing)."""
-    from poolkit.train.lock import read_lock
-
     out_dir = Path(out_dir)
     runs_dir = out_dir / "runs"
-    jobs: dict[str, str] = {}
-    data = _read_json(out_dir / "slurm" / "jobs.json")
-    if data is not None:
-        jobs = {str(k): str(v) for k, v in data.items()}
+    jobs = {str(k): str(v) for k, v in (read_json(out_dir / "slurm" / "jobs.json") or {}).items()}
     states = scheduler_states([jobs[s.name] for s in specs if s.name in jobs]) or {}
     planned = {p.spec.name: p for p in plan_runs(specs, runs_dir)}
     out = []
     for spec in specs:
-        run_dir = runs_dir / spec.name
+        run = RunDir(runs_dir / spec.name)
         plan = planned[spec.name]
         job_id = jobs.get(spec.name)
         job_state = states.get(job_id) if job_id else None
         scheduler = (job_state or "").split(" ")[0].upper()
-        holder = read_lock(run_dir)
-        lock_state = holder.state() if holder is not None else None
-        state: StatusState
+        live, holder = run.live_state(spec.run_id)
+        state: StatusState = live.value  # type: ignore[assignment]
         detail = ""
-        if plan.status == "finished":
-            result = _read_json(run_dir / "result.json") or {}
-            top1 = _number(result.get("test_top1"))
-            state, detail = "finished", (f"top-1 {top1:.2f}%" if top1 is not None else "")
-        elif holder is not None and lock_state == "fresh":
-            state, detail = "running", holder.describe()
-        elif plan.status == "failed":
-            state, detail = "failed", plan.error or ""
-        elif plan.status == "diverged":
-            state, detail = "diverged", plan.error or ""
-        elif scheduler in _QUEUED_STATES:
-            state, detail = "queued", ""
-        elif holder is not None:
-            why = "its process is gone" if lock_state == "dead" else "its lock expired"
-            state, detail = "stalled", f"{holder.describe()}: {why}; rerun the sweep to resume"
-        elif plan.status == "resume":
-            state, detail = "resumable", "rerun the sweep to resume"
-        else:
-            state = "not started"
+        if live is RunState.FINISHED:
+            top1 = finite_number((run.read_result() or {}).get("test_top1"))
+            detail = f"top-1 {top1:.2f}%" if top1 is not None else ""
+        elif live is RunState.RUNNING and holder is not None:
+            detail = holder.describe()
+        elif live in (RunState.FAILED, RunState.DIVERGED):
+            detail = plan.error or ""
+        elif scheduler in QUEUED_STATES:
+            state = "queued"
+        elif live is RunState.STALLED and holder is not None:
+            why = "its process is gone" if holder.state() == "dead" else "its lock expired"
+            detail = f"{holder.describe()}: {why}; rerun the sweep to resume"
+        elif live is RunState.RESUMABLE:
+            detail = "rerun the sweep to resume"
         out.append(RunStatus(spec, state, plan.epochs_done, job_id, job_state, detail))
     return out
 

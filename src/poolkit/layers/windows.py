@@ -203,16 +203,6 @@ class PoolGeometry:
             (1, *self.kernel_size), (1, *self.stride), (0, *self.padding), (1, *self.dilation), self.ceil_mode
         )
 
-    def as_kwargs(self) -> dict[str, object]:
-        """The ``nn.MaxPool{n}d`` keyword arguments of this geometry."""
-        return {
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "dilation": self.dilation,
-            "ceil_mode": self.ceil_mode,
-        }
-
 
 @_memoize(maxsize=1024)
 def _create_geometry(

@@ -14,15 +14,13 @@ under a root becomes one :class:`RunRecord` whose ``status`` says what could be 
 
 from __future__ import annotations
 
-import csv
-import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from poolkit.rundir import RUN_MARKERS, RunDir, RunState
+from poolkit.rundir import finite_number as _number
 
 __all__ = [
     "RUN_MARKERS",
@@ -37,19 +35,13 @@ __all__ = [
 
 Status = Literal["finished", "failed", "diverged", "incomplete", "unreadable"]
 
-#: A directory holding any of these files is a run directory.
-RUN_MARKERS = ("config.yaml", "result.json", "error.json", "metrics.csv")
-
-
-def _number(value: Any) -> float | None:
-    """A finite float from a JSON/CSV value, or None (empty cells, null, text, NaN)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+#: The report's status of each :class:`~poolkit.rundir.RunState` a run directory's files can say:
+#: the report does not tell a run still training from one that was killed.
+_STATUS: dict[RunState, Status] = {
+    RunState.FINISHED: "finished",
+    RunState.DIVERGED: "diverged",
+    RunState.FAILED: "failed",
+}
 
 
 @dataclass
@@ -205,48 +197,6 @@ def find_run_dirs(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found)
 
 
-def _read_json(path: Path, problems: list[str]) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path.name} cannot be read: {exc}")
-        return None
-    if not isinstance(data, dict):
-        problems.append(f"{path.name} holds a {type(data).__name__}, expected a JSON object")
-        return None
-    return data
-
-
-def _read_config(path: Path, problems: list[str]) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        problems.append(f"config.yaml cannot be read: {str(exc).splitlines()[0]}")
-        return {}
-    if not isinstance(data, dict):
-        problems.append("config.yaml does not hold a mapping of keys to values")
-        return {}
-    return data
-
-
-def _read_metrics(path: Path, problems: list[str]) -> list[dict[str, float | None]]:
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        problems.append(f"metrics.csv cannot be read: {exc}")
-        return []
-    out: list[dict[str, float | None]] = []
-    for row in rows:
-        parsed = {str(k).strip(): _number(v) for k, v in row.items() if k is not None}
-        if parsed.get("epoch") is None:
-            problems.append("metrics.csv has a row without an epoch number (left out)")
-            continue
-        out.append(parsed)
-    out.sort(key=lambda r: r["epoch"] or 0.0)
-    return out
-
-
 def _check_shift(data: dict[str, Any] | None, problems: list[str]) -> dict[str, Any] | None:
     if data is None:
         return None
@@ -263,31 +213,26 @@ def _check_shift(data: dict[str, Any] | None, problems: list[str]) -> dict[str, 
 
 def read_run(path: str | os.PathLike[str]) -> RunRecord:
     """Read one run directory; never raises for broken or missing files (see ``status`` and ``problems``)."""
-    path = Path(path)
+    run = RunDir(path)
     problems: list[str] = []
-    config = _read_config(path / "config.yaml", problems) if (path / "config.yaml").is_file() else {}
-    metrics = _read_metrics(path / "metrics.csv", problems) if (path / "metrics.csv").is_file() else []
-    result = _read_json(path / "result.json", problems) if (path / "result.json").is_file() else None
-    error = _read_json(path / "error.json", problems) if (path / "error.json").is_file() else None
+    config = run.read_config(problems) or {}
+    metrics = run.read_metrics(problems)
+    result = run.read_result(problems)
+    error = run.read_error(problems)
     shift_problems: list[str] = []
-    shift = None
-    if (path / "shift.json").is_file():
-        shift = _check_shift(_read_json(path / "shift.json", shift_problems), shift_problems)
-    record = RunRecord(path, "incomplete", config, result, metrics, error, shift, problems)
+    shift = _check_shift(run.read_shift(shift_problems), shift_problems)
+    record = RunRecord(
+        run.path, _STATUS.get(run.state(), "incomplete"), config, result, metrics, error, shift
+    )
 
-    if not (path / "config.yaml").is_file():
-        problems.append("config.yaml is missing")
-    if (path / "result.json").is_file():
-        if result is not None:
-            status = result.get("status", "finished")
-            if status == "diverged":
-                record.status = "diverged"
-            elif status != "finished":
-                problems.append(f"result.json has status {status!r}, expected 'finished' or 'diverged'")
-            elif record.test_top1 is None:
-                problems.append("result.json has no numeric test_top1")
-    elif (path / "error.json").is_file() and error is not None:
-        record.status = "failed"
+    if not run.config.is_file():
+        problems.append(f"{run.config.name} is missing")
+    if result is not None:
+        status = result.get("status", "finished")
+        if status not in ("finished", "diverged"):
+            problems.append(f"{run.result.name} has status {status!r}, expected 'finished' or 'diverged'")
+        elif status == "finished" and record.test_top1 is None:
+            problems.append(f"{run.result.name} has no numeric test_top1")
     for key in ("model", "dataset", "pool"):
         if getattr(record, key) is None:
             problems.append(f"neither result.json nor config.yaml names the run's {key}")
@@ -296,8 +241,6 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
 
     if problems:
         record.status = "unreadable"
-    elif result is not None and record.status != "diverged":
-        record.status = "finished"
     # A finished run whose shift.json is broken is still finished; the report lists the problem.
     record.problems = problems + shift_problems
     return record

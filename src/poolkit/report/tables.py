@@ -241,10 +241,6 @@ class Group:
     duplicates: list[RunRecord] = field(default_factory=list)
 
     @property
-    def options_key(self) -> str:
-        return json.dumps(self.options, sort_keys=True, default=str)
-
-    @property
     def title(self) -> str:
         return method_title(self.pool, self.options)
 
@@ -705,8 +701,8 @@ def ablation_grids(data: ReportData) -> list[tuple[Column, str, list[Group]]]:
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
-    """Write ``data`` (text as UTF-8) atomically with :func:`poolkit.io.atomic_write_bytes`."""
-    from poolkit.io import atomic_write_bytes
+    """Write ``data`` (text as UTF-8) atomically with :func:`poolkit.atomic.atomic_write_bytes`."""
+    from poolkit.atomic import atomic_write_bytes
 
     atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from poolkit.errors import UserError
+from poolkit.rundir import TENSORBOARD_DIR
 from poolkit.tracking.events import EpochEnded, RunEnded, RunEvent, RunSink, RunStarted
 
 __all__ = [
@@ -37,8 +38,6 @@ __all__ = [
     "metric_tag",
 ]
 
-#: Sub-directory of a run directory that holds TensorBoard's event files.
-TENSORBOARD_DIR = "tensorboard"
 #: The MLflow experiment that poolkit runs are logged to.
 MLFLOW_EXPERIMENT = "poolkit"
 _RUN_DIR_TAG = "poolkit.run_dir"

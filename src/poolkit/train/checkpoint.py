@@ -1,6 +1,6 @@
 """The training checkpoint (model, optimizer, scheduler, scaler, RNG states) and its previous generation.
 
-Every file of a run directory is written atomically with :mod:`poolkit.io` (a temporary file in the
+Every file of a run directory is written atomically with :mod:`poolkit.atomic` (a temporary file in the
 same directory moved into place with :func:`os.replace`), so a kill at any moment leaves either the
 old file or the new one, never a half-written one. A checkpoint can still be damaged afterwards (a disk
 that fills up or fails, a copy cut short), so :func:`save_checkpoint` keeps the previous one as
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from poolkit.atomic import atomic_torch_save
 from poolkit.errors import UserError
-from poolkit.io import atomic_torch_save
 
 __all__ = [
     "CHECKPOINT_FORMAT",

@@ -193,7 +193,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``poolkit train`` with parsed ``args``; returns the exit status (see the module docstring)."""
-    from poolkit.train.distributed import launched_distributed
+    from poolkit.train.distributed import launch_rank, launched_distributed
     from poolkit.train.engine import RunDiverged
     from poolkit.train.lock import RunLockError
 
@@ -216,9 +216,9 @@ def main(args: argparse.Namespace) -> int:
                 )
             # Rank 0 prints the result line.
             return launch_processes(cfg, args.out, nproc, resume=args.resume, progress=not args.no_progress)
-        from poolkit.train.engine import train_run
+        from poolkit.experiments.runner import train_and_probe
 
-        result = train_run(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+        result = train_and_probe(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     except RunDiverged as exc:
         print(f"poolkit train: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
@@ -231,7 +231,7 @@ def main(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("poolkit train: interrupted; continue with --resume", file=sys.stderr)
         return 130
-    if int(os.environ.get("RANK", "0")) == 0:
+    if launch_rank() == 0:
         _print_result(args.out, result)
     return 0
 
@@ -279,7 +279,7 @@ def launch_processes(
     folder = Path(tempfile.mkdtemp(prefix="poolkit-nproc-"))
     set_threads = False
     try:
-        config_file = folder / "config.yaml"
+        config_file = folder / "run-config.yaml"
         config_file.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
         worker_args = ["--config", str(config_file), "--out", os.fspath(out)]
         worker_args += ["--resume"] if resume else []

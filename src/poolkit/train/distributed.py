@@ -30,6 +30,7 @@ __all__ = [
     "broadcast_buffers",
     "broadcast_object",
     "convert_sync_batchnorm",
+    "launch_rank",
     "launched_distributed",
     "parameters_digest",
     "setup_distributed",
@@ -66,6 +67,13 @@ class DistContext:
 def launched_distributed() -> bool:
     """Whether the environment describes a multi-process launch (``WORLD_SIZE`` > 1, as torchrun sets)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def launch_rank() -> int:
+    """This process's rank in a multi-process launch (``RANK``, as torchrun and the SLURM launcher set it);
+    0 outside one. The one reader of ``RANK`` outside :func:`setup_distributed`: only rank 0 writes
+    a run directory's files and prints."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def setup_distributed(use_cuda: bool) -> DistContext:

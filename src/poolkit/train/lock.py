@@ -38,7 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from poolkit.io import atomic_write_json
+from poolkit.atomic import atomic_write_json
+from poolkit.rundir import LOCK_FILE, read_json
 
 __all__ = [
     "DEFAULT_EXPIRY_S",
@@ -50,13 +51,12 @@ __all__ = [
     "RunLockError",
     "RunLockLost",
     "lock_settings",
+    "lock_wait_setting",
     "read_lock",
 ]
 
 logger = logging.getLogger("poolkit.train")
 
-#: The lock's file name inside the run directory.
-LOCK_FILE = "lock.json"
 #: Seconds between two heartbeats of a holder.
 DEFAULT_HEARTBEAT_S = 30.0
 #: Seconds without a heartbeat after which a lock is stale and may be taken over.
@@ -111,6 +111,21 @@ def lock_settings() -> tuple[float, float]:
     heartbeat, expiry = values
     _check_timing(heartbeat, expiry)
     return heartbeat, expiry
+
+
+def lock_wait_setting() -> float | None:
+    """Seconds to wait for a busy run's lock from ``POOLKIT_LOCK_WAIT_S``, or None when it is not set.
+
+    The user-facing default of ``train_run(lock_wait=)``; callers pass ``lock_wait`` explicitly.
+
+    Raises:
+        ValueError: the value is not a number.
+    """
+    text = os.environ.get("POOLKIT_LOCK_WAIT_S", "")
+    try:
+        return float(text) if text else None
+    except ValueError:
+        raise ValueError(f"POOLKIT_LOCK_WAIT_S={text!r} is not a number of seconds") from None
 
 
 def _check_timing(heartbeat_s: float, expiry_s: float) -> None:
@@ -442,9 +457,10 @@ class RunLock:
 
 
 def _read_holder_file(path: Path) -> LockHolder | None:
+    data = read_json(path)
     try:
-        return LockHolder.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
+        return LockHolder.from_dict(data) if data is not None else None
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from poolkit.experiments.sweep import RunOutcome, RunSpec
+from poolkit.experiments.grid import RunSpec
+from poolkit.experiments.runner import RunOutcome
 
 __all__ = ["EtaEstimator", "LaunchOutcome", "SweepProgress", "format_duration"]
 

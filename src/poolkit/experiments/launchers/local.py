@@ -1,7 +1,7 @@
 """The local launcher: a sweep's pending runs, N at a time, in worker processes on this machine.
 
 Each worker is a ``spawn`` process (a clean interpreter: no CUDA state or threads inherited from the
-parent) that takes one run at a time and calls :func:`poolkit.experiments.sweep.execute_run`, which
+parent) that takes one run at a time and calls :func:`poolkit.experiments.runner.execute_run`, which
 records a failure in ``error.json`` so the other runs go on. Workers set
 ``torch.set_num_threads(max(1, cores // N))`` unless the run config sets ``threads``; with several
 visible GPUs and ``device: auto``/``cuda``, worker ``i`` gets GPU ``i mod n_gpus``.
@@ -29,8 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from poolkit.experiments.grid import RunSpec
 from poolkit.experiments.launchers import LaunchOutcome, SweepProgress
-from poolkit.experiments.sweep import PlannedRun, RunOutcome, RunSpec, TrainFn, execute_run, write_error
+from poolkit.experiments.runner import (
+    PlannedRun,
+    RunOutcome,
+    TrainFn,
+    execute_run,
+    handle_stop_signals,
+    write_error,
+)
 
 __all__ = ["LocalLauncher", "default_threads"]
 
@@ -191,22 +199,21 @@ class _Session:
         self.progress.note(
             f"running {len(self.todo)} runs, {self.n} at a time ({threads}{gpus}) into {self.runs_dir}"
         )
-        previous = self._install_signal_handlers()
         try:
-            for slot in range(self.n):
-                self.workers.append(self._spawn(slot))
-                self._assign(self.workers[-1])
-            while any(w.current is not None for w in self.workers) and not self.signals:
-                self._poll(_POLL_SECONDS)
-            if self.signals:
-                self.outcome.interrupted = True
-                self.progress.note(
-                    "interrupted: stopping the workers; every run keeps its last finished epoch's checkpoint "
-                    "(rerun the same command to resume)"
-                )
-                self._stop_workers()
+            with handle_stop_signals(self._on_signal):
+                for slot in range(self.n):
+                    self.workers.append(self._spawn(slot))
+                    self._assign(self.workers[-1])
+                while any(w.current is not None for w in self.workers) and not self.signals:
+                    self._poll(_POLL_SECONDS)
+                if self.signals:
+                    self.outcome.interrupted = True
+                    self.progress.note(
+                        "interrupted: stopping the workers; every run keeps its last finished epoch's "
+                        "checkpoint (rerun the same command to resume)"
+                    )
+                    self._stop_workers()
         finally:
-            self._restore_signal_handlers(previous)
             self._shutdown()
             self.progress.close()
         self.outcome.pending = [p.spec.name for p in self.todo if p.spec.name not in self.outcome.outcomes]
@@ -330,19 +337,8 @@ class _Session:
                 worker.process.join()
             worker.conn.close()
 
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int) -> None:
         self.signals += 1
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {signum: signal.signal(signum, self._on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: Mapping[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _readable(conn: Any) -> bool:

@@ -1,6 +1,6 @@
 """The SLURM launcher: a sweep's pending runs as one job array, submitted with submitit.
 
-Every array task calls :func:`poolkit.experiments.sweep.execute_run` (``train_run(..., resume=True)``)
+Every array task calls :func:`poolkit.experiments.runner.execute_run` (``train_run(..., resume=True)``)
 for one run. The task object is :class:`SlurmRunTask`, a ``submitit.helpers.Checkpointable``: when
 SLURM signals a time-out or a preemption, submitit calls its :meth:`~SlurmRunTask.checkpoint`, which
 resubmits the same run; the requeued task resumes from the ``checkpoint.pt`` written after the last
@@ -17,32 +17,30 @@ still pending or running. Logs go to ``OUT/slurm/<job id>/<job id>_<task>_log.{o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
 import submitit
 
 from poolkit.experiments.config import SlurmOptions
+from poolkit.experiments.grid import RunSpec
 from poolkit.experiments.launchers import LaunchOutcome, SweepProgress
-from poolkit.experiments.sweep import (
+from poolkit.experiments.runner import (
     LauncherError,
     PlannedRun,
     RunOutcome,
-    RunSpec,
     TrainFn,
     execute_run,
-    scheduler_states,
+    handle_stop_signals,
     write_error,
 )
+from poolkit.experiments.scheduler import scheduler_states
+from poolkit.rundir import RunDir, read_json
 
 __all__ = ["SlurmLauncher", "SlurmRunTask", "slurm_parameters"]
 
@@ -68,10 +66,11 @@ class SlurmRunTask(submitit.helpers.Checkpointable):
 
     def __call__(self, spec: RunSpec, run_dir: str) -> dict[str, Any]:
         _export_distributed_environment()
-        with _lock_wait_for_expiry():
-            outcome = execute_run(spec, run_dir, self.train_fn, progress=False)
+        # train_run's own keyword; a custom train_fn gets the TrainFn keywords only.
+        extra = {"lock_wait": requeue_lock_wait()} if self.train_fn is None else {}
+        outcome = execute_run(spec, run_dir, self.train_fn, progress=False, **extra)
         if outcome.status == "failed" and self.raise_on_failure:
-            where = Path(run_dir) / "error.json"
+            where = RunDir(run_dir).error
             raise RuntimeError(f"run {spec.name} failed: {outcome.error_type}: {outcome.error} (see {where})")
         return dataclasses.asdict(outcome)
 
@@ -83,25 +82,20 @@ class SlurmRunTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(fresh, spec, run_dir)
 
 
-@contextlib.contextmanager
-def _lock_wait_for_expiry() -> Iterator[None]:
-    """While a task trains: ``POOLKIT_LOCK_WAIT_S`` (unless set) long enough for a stale lock to expire.
+def requeue_lock_wait() -> float:
+    """Seconds a task waits for its run's lock: ``POOLKIT_LOCK_WAIT_S`` when set, else long enough for a
+    stale lock to expire (its expiry plus two heartbeats).
 
     A requeued task may start while the lock of its previous attempt still looks fresh (a node that
-    crashed cannot remove its lock), so it waits for it to expire instead of giving up. The variable is
-    restored afterwards (submitit's ``debug`` executor runs tasks in the calling process).
+    crashed cannot remove its lock), so it waits for it to expire instead of giving up.
     """
-    if "POOLKIT_LOCK_WAIT_S" in os.environ:
-        yield
-        return
-    from poolkit.train.lock import lock_settings
+    from poolkit.train.lock import lock_settings, lock_wait_setting
 
+    wait = lock_wait_setting()
+    if wait is not None:
+        return wait
     heartbeat, expiry = lock_settings()
-    os.environ["POOLKIT_LOCK_WAIT_S"] = str(expiry + 2 * heartbeat)
-    try:
-        yield
-    finally:
-        os.environ.pop("POOLKIT_LOCK_WAIT_S", None)
+    return expiry + 2 * heartbeat
 
 
 def _export_distributed_environment() -> None:
@@ -275,22 +269,22 @@ class SlurmLauncher:
         remaining = dict(
             zip([p.spec.name for p in submitted], zip(submitted, jobs, strict=True), strict=True)
         )
-        previous = self._install_signal_handlers()
+        self._interrupted = False
         try:
-            while remaining and not self._interrupted:
-                for name, (planned, job) in list(remaining.items()):
-                    if self._interrupted:
-                        break
-                    if not job.done():
-                        continue
-                    result = self._collect(planned.spec, job, runs_dir / name)
-                    outcome.outcomes[name] = result
-                    progress.ended(None, planned.spec, result)
-                    del remaining[name]
-                if remaining and not self._interrupted:
-                    _sleep_unless(lambda: self._interrupted, self.poll_seconds)
+            with handle_stop_signals(self._on_signal):
+                while remaining and not self._interrupted:
+                    for name, (planned, job) in list(remaining.items()):
+                        if self._interrupted:
+                            break
+                        if not job.done():
+                            continue
+                        result = self._collect(planned.spec, job, runs_dir / name)
+                        outcome.outcomes[name] = result
+                        progress.ended(None, planned.spec, result)
+                        del remaining[name]
+                    if remaining and not self._interrupted:
+                        _sleep_unless(lambda: self._interrupted, self.poll_seconds)
         finally:
-            self._restore_signal_handlers(previous)
             progress.close()
         if remaining:
             outcome.interrupted = True
@@ -305,7 +299,7 @@ class SlurmLauncher:
         try:
             value = job.results()[0]
         except Exception as exc:
-            error = _read_error(run_dir)
+            error = RunDir(run_dir).read_error()
             if error is None:
                 # The job died outside train_run (killed by the scheduler, node failure, time-out
                 # without requeue): record what submitit knows.
@@ -319,20 +313,8 @@ class SlurmLauncher:
             spec.name, "failed", error=f"unexpected job result {value!r}", error_type="SlurmJobFailed"
         )
 
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int) -> None:
         self._interrupted = True
-
-    def _install_signal_handlers(self) -> dict[int, Any]:
-        self._interrupted = False
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-        return {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    @staticmethod
-    def _restore_signal_handlers(previous: Mapping[int, Any]) -> None:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 def _sleep_unless(stop: Any, seconds: float) -> None:
@@ -341,24 +323,12 @@ def _sleep_unless(stop: Any, seconds: float) -> None:
         time.sleep(min(0.2, max(0.0, end - time.monotonic())))
 
 
-def _read_error(run_dir: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((run_dir / "error.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _read_jobs(path: Path) -> dict[str, str]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    return {str(k): str(v) for k, v in (read_json(path) or {}).items()}
 
 
 def _write_jobs(path: Path, jobs: Mapping[str, str]) -> None:
-    from poolkit.io import atomic_write_json
+    from poolkit.atomic import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, dict(sorted(jobs.items())))
