@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import math
@@ -22,6 +21,7 @@ from poolkit.bench.models import ModelResult
 from poolkit.bench.ops import CLONE, COPY, OpResult
 from poolkit.bench.targets import TargetResult
 from poolkit.text import align_columns
+from poolkit.train.environment import cpu_name
 
 __all__ = [
     "environment",
@@ -256,14 +256,6 @@ def _markdown_environment(env: dict[str, Any], command: str) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _git_commit() -> str | None:
     try:
         done = subprocess.run(
@@ -288,7 +280,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads": torch.get_num_threads(),
