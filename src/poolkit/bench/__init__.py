@@ -57,13 +57,10 @@ from poolkit.bench.output import (
     markdown_report,
     write_results,
 )
-from poolkit.bench.targets import BANDWIDTH_METHODS, TARGET_METHODS, TargetResult, evaluate_targets
-from poolkit.bench.targets import BANDWIDTH_TARGET as BANDWIDTH_TARGET
 from poolkit.bench.targets import FWD_BWD_TARGETS as FWD_BWD_TARGETS
-from poolkit.bench.targets import MEMORY_TARGET as MEMORY_TARGET
-from poolkit.bench.targets import STEP_LOOSE_TARGET as STEP_LOOSE_TARGET
-from poolkit.bench.targets import STEP_TIGHT as STEP_TIGHT
-from poolkit.bench.targets import STEP_TIGHT_TARGET as STEP_TIGHT_TARGET
+from poolkit.bench.targets import MEMORY_TARGETS as MEMORY_TARGETS
+from poolkit.bench.targets import STEP_TARGETS as STEP_TARGETS
+from poolkit.bench.targets import TARGET_METHODS, TargetResult, evaluate_targets
 from poolkit.bench.timing import MIN_SAMPLES as MIN_SAMPLES
 from poolkit.bench.timing import SAMPLE_SECONDS as SAMPLE_SECONDS
 from poolkit.bench.timing import SavedBytes, gbps, saved_tensor_bytes
@@ -71,7 +68,6 @@ from poolkit.bench.timing import SavedBytes, gbps, saved_tensor_bytes
 # The ``X as X`` imports (the targets' thresholds, the sampling constants) stay reachable as
 # ``poolkit.bench.X``, as before the split, without joining ``__all__``.
 __all__ = [
-    "BANDWIDTH_METHODS",
     "CLONE",
     "COPY",
     "DTYPES",
