@@ -316,3 +316,36 @@ def test_an_internal_error_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(engine, "train_run", broken)
     with pytest.raises(KeyError, match="a bug"):
         poolkit_main(["train", "--dataset", "synthetic", "--out", str(tmp_path / "run")])
+
+
+def test_a_value_error_from_inside_torch_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A ValueError that another package raises (poolkit passed something wrong on) is a bug, not a user
+    error: it keeps its traceback instead of becoming a one-line message with exit status 2."""
+    import numpy as np
+
+    import poolkit.train.engine as engine
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        np.zeros(2).reshape(3)  # NumPy's own check raises ValueError
+
+    monkeypatch.setattr(engine, "train_run", broken)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        poolkit_main(["train", "--dataset", "synthetic", "--out", str(tmp_path / "run")])
+
+
+def test_is_user_error_tells_poolkits_checks_from_other_packages() -> None:
+    from poolkit.errors import UserError, is_user_error
+    from poolkit.train.config import RunConfig
+
+    with pytest.raises(ValueError) as ours:
+        RunConfig.from_dict({"dataset": "synthetic", "lr": -1})
+    assert is_user_error(ours.value)
+    with pytest.raises(ValueError) as numpy_error:
+        import numpy as np
+
+        np.zeros(2).reshape(3)
+    assert not is_user_error(numpy_error.value)
+    assert is_user_error(UserError("any"))
+    assert not is_user_error(KeyError("a bug"))

@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["DataNotFoundError", "DownloadError", "UserError"]
+from pathlib import Path
+
+__all__ = ["DataNotFoundError", "DownloadError", "UserError", "is_user_error"]
 
 
 class UserError(ValueError):
@@ -30,3 +32,34 @@ class DataNotFoundError(UserError, FileNotFoundError):
 
 class DownloadError(UserError, ConnectionError):
     """A dataset download failed (no network, HTTP error); the message says how to get the data by hand."""
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether a command should report ``exc`` as one line (exit 2) rather than with its traceback.
+
+    A :class:`UserError` always is. A plain ``ValueError`` is when poolkit's own code raised it: by the
+    library's convention (as torch's) poolkit raises ``ValueError`` only for a bad argument, with a message
+    that names it. A ``ValueError`` raised inside torch, NumPy or another package is an internal error
+    (poolkit passed something wrong on): its traceback is kept.
+
+    Example:
+        >>> is_user_error(UserError("bad"))
+        True
+        >>> try:
+        ...     int("x")
+        ... except ValueError as exc:
+        ...     is_user_error(exc)   # raised by Python itself, not by poolkit's checks
+        False
+    """
+    if isinstance(exc, UserError):
+        return True
+    if not isinstance(exc, ValueError) or exc.__traceback__ is None:
+        return False
+    frame = exc.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    origin = Path(frame.tb_frame.f_code.co_filename).resolve()
+    return origin.parent == _PACKAGE or _PACKAGE in origin.parents

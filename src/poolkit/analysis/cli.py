@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from poolkit.analysis.shift import SHIFT_FILE, probe_run, resolve_run_dir
+from poolkit.errors import is_user_error
 
 __all__ = ["add_arguments", "main"]
 
@@ -51,6 +52,8 @@ def main(args: argparse.Namespace) -> int:
             data_dir=args.data_dir,
         )
     except ValueError as exc:
+        if not is_user_error(exc):
+            raise  # raised inside torch or another package: an internal error keeps its traceback
         print(f"poolkit shift: {exc}", file=sys.stderr)
         return 2
     by_shift = ", ".join(f"{d} px: {acc:.2f}%" for d, acc in result["accuracy_by_shift"].items())

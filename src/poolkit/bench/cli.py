@@ -39,6 +39,7 @@ from poolkit.bench.output import (
 )
 from poolkit.bench.targets import TARGET_METHODS, TargetResult, evaluate_targets
 from poolkit.bench.timing import _resolve_device
+from poolkit.errors import is_user_error
 from poolkit.layers.fused import fused_kernel_mode
 from poolkit.registry import STUDY_METHODS
 
@@ -187,6 +188,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         return _main(args)
     except ValueError as exc:
+        if not is_user_error(exc):
+            raise  # raised inside torch or another package: an internal error keeps its traceback
         print(f"poolkit bench: error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from poolkit.errors import is_user_error
 from poolkit.experiments.config import (
     SweepConfig,
     SweepConfigError,
@@ -274,6 +275,8 @@ def _status(args: argparse.Namespace) -> int:
         out_dir = args.out if args.out is not None else _DEFAULT_ROOT / sweep.name
         statuses = sweep_status(expand_sweep(sweep), out_dir)
     except ValueError as exc:
+        if not is_user_error(exc):
+            raise  # raised inside torch or another package: an internal error keeps its traceback
         print(f"poolkit: error: {exc}", file=sys.stderr)
         return 2
     print(f"Sweep {sweep.name!r}: " + format_status(statuses, out_dir))

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from poolkit.errors import is_user_error
 from poolkit.tracking.sinks import LOGGERS
 from poolkit.train.config import RunConfig, load_config_file, yaml_scalar
 
@@ -223,6 +224,8 @@ def main(args: argparse.Namespace) -> int:
         print(f"poolkit train: {exc}", file=sys.stderr)
         return EXIT_DIVERGED
     except ValueError as exc:
+        if not is_user_error(exc):
+            raise  # raised inside torch or another package: an internal error keeps its traceback
         print(f"poolkit train: error: {exc}", file=sys.stderr)
         return 2
     except RunLockError as exc:
