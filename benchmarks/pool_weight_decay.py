@@ -27,13 +27,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-#: The learned value shown per method (the key of ``result.json``'s ``learned`` values), its label and
-#: its initial value.
+from poolkit.registry import get_pool_spec
+
+#: The learned value shown per method: the key of ``result.json``'s ``learned`` values, the symbol after the
+#: method's registered label (``PoolSpec.title``) and the initial value.
+_SHOWN: dict[str, tuple[str, str, float]] = {
+    "gem": ("p", "p", 3.0),
+    "learnable_t": ("threshold", "T", 0.3),
+    "channel_adaptive": ("lambda", "λ (mean over channels)", 0.5),
+    "stochastic_mix": ("lambda", "λ", 0.5),
+}
+#: The key, the label (``"Channel-Adaptive λ (mean over channels)"``) and the initial value per method.
 QUANTITY: dict[str, tuple[str, str, float]] = {
-    "gem": ("p", "GeM p", 3.0),
-    "learnable_t": ("threshold", "Learnable-T T", 0.3),
-    "channel_adaptive": ("lambda", "Channel-Adaptive λ (mean over channels)", 0.5),
-    "stochastic_mix": ("lambda", "Stochastic Mix λ", 0.5),
+    name: (key, f"{get_pool_spec(name).title} {symbol}", init) for name, (key, symbol, init) in _SHOWN.items()
 }
 
 

@@ -45,6 +45,9 @@ def test_methods_doc_covers_every_registered_pool():
         section = text.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0]
         assert "Parameters" in section or "parameters" in section, name
         assert "Worked example" in section, name
+        # the heading names the method by its registered label, the one the report and benchmarks print
+        heading = section.split("\n", 1)[0].removeprefix(" — ")
+        assert heading.lower().startswith(poolkit.get_pool_spec(name).title.lower()), (name, heading)
 
 
 # ---------------------------------------------------------------------- docs/cluster.md

@@ -452,6 +452,30 @@ def test_registry_lists_every_method_sorted_with_the_issue_names():
     )
 
 
+def test_every_method_registers_one_label_and_a_formula_its_docstring_states():
+    titles = [poolkit.get_pool_spec(n).title for n in ALL_POOLS]
+    assert len(set(titles)) == len(titles)  # one display label per method, no two alike
+    for name in ALL_POOLS:
+        spec = poolkit.get_pool_spec(name)
+        assert spec.title.strip() and spec.formula.strip(), name
+        # The registered formula is the functional twin's docstring's, so the two cannot drift apart.
+        first = (spec.functional.__doc__ or "").split("\n\n")[0].replace("\n", " ").replace("``", "")
+        assert spec.formula in " ".join(first.split()), name
+    assert poolkit.get_pool_spec("channel_adaptive").title == "Channel-Adaptive"
+    assert poolkit.get_pool_spec("tmaxavg").formula == "y = M if M >= T else T_K"
+
+
+@pytest.mark.parametrize("field", ["title", "formula"])
+def test_register_pool_needs_a_label_and_a_formula(field):
+    from poolkit.registry import register_pool
+
+    kwargs = {"functional": poolkit.functional.max_pool2d, "family": "classic", "title": "X", "formula": "y"}
+    kwargs[field] = " "
+    with pytest.raises(ValueError, match=f"{field} must be a non-empty string"):
+        register_pool("not_registered", **kwargs)
+    assert "not_registered" not in poolkit.list_pools()
+
+
 def test_create_pool_by_name_class_and_partial():
     import functools
 

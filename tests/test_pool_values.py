@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import poolkit
 import poolkit.functional as PF
@@ -265,3 +266,27 @@ def test_stochastic_mix_draws_one_lambda_per_sample_and_channel():
     per_cell = lam.flatten(2)
     assert torch.allclose(per_cell, per_cell[..., :1].expand_as(per_cell), atol=1e-4)  # shared in a map
     assert per_cell[..., 0].unique().numel() == 15  # distinct across (sample, channel)
+
+
+def test_channel_adaptive_is_the_per_channel_theta_blend_with_its_own_state_dict():
+    from poolkit.layers import ChannelAdaptivePool, MixedPool
+
+    pool = ChannelAdaptivePool(2, channels=3)
+    assert {k: tuple(v.shape) for k, v in pool.state_dict().items()} == {"theta": (3,)}
+    assert torch.equal(pool.theta, torch.zeros(3))
+    mixed = MixedPool(2, channels=3, per_channel=True)
+    with torch.no_grad():
+        pool.theta.copy_(torch.tensor([-1.0, 0.0, 2.0]))
+    mixed.load_state_dict(pool.state_dict())  # the two classes' state dicts are interchangeable
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    y, y_mixed = pool(x), mixed(x)
+    lam = torch.sigmoid(pool.theta).view(1, 3, 1, 1)
+    m, a = F.max_pool2d(x, 2), F.avg_pool2d(x, 2)
+    torch.testing.assert_close(y, lam * m + (1 - lam) * a)  # y_c = lambda_c M_c + (1 - lambda_c) A_c
+    torch.testing.assert_close(y, y_mixed)
+    (grad,) = torch.autograd.grad(y.square().sum(), pool.theta)
+    (grad_mixed,) = torch.autograd.grad(y_mixed.square().sum(), mixed.theta)
+    torch.testing.assert_close(grad, grad_mixed)
+    assert repr(pool) == "ChannelAdaptivePool(kernel_size=(2, 2), stride=(2, 2), channels=3)"
+    with pytest.raises(ValueError, match="channels"):
+        ChannelAdaptivePool(2)

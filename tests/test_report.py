@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from scipy import stats as sps
 
+from poolkit.registry import get_pool_spec
 from poolkit.report import build_report, cli, load_runs, read_run
 from poolkit.report.figures import GALLERY_INPUT, gallery_outputs, method_colour
 from poolkit.report.tables import collect
@@ -371,5 +372,8 @@ def test_gallery_outputs_and_colours():
     again = {e["name"]: e for e in gallery_outputs()}
     assert all(again[n].get("output") == e.get("output") for n, e in entries.items())
     assert all("formula" in e and e["formula"] for e in entries.values())
+    # the panels' text and titles are the registry's, not parsed from docstrings
+    assert entries["channel_adaptive"]["formula"] == get_pool_spec("channel_adaptive").formula
+    assert entries["tmaxavg"]["title"] == "T-Max-Avg"
     assert method_colour("max") == method_colour("max") != method_colour("stochastic_mix")
     assert method_colour("some_new_method") == method_colour("some_new_method")

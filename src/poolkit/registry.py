@@ -60,7 +60,10 @@ class PoolSpec:
         cls: the ``nn.Module`` class, a subclass of :class:`poolkit.layers.base.Pool2d`.
         functional: the functional twin in :mod:`poolkit.functional`.
         family: ``"classic"``, ``"study"`` (the adaptive-pooling study's eight) or ``"literature"``.
-        title: a human-readable name for tables and figures.
+        title: the method's display label, the one name every table, figure and benchmark uses
+            (``"Channel-Adaptive"``); the report writes nothing else for a method.
+        formula: the method's output for one window in short plain text (M = window max, A = window
+            mean, R = the window's real cells), as the report's gallery prints it.
         needs_channels: whether ``channels=`` is required (per-channel or convolutional parts).
         stochastic: whether training mode draws random numbers.
         supports_global: whether it has the adaptive forms (:func:`create_adaptive_pool`, and
@@ -72,6 +75,7 @@ class PoolSpec:
     functional: Callable[..., Any]
     family: Family
     title: str
+    formula: str
     needs_channels: bool
     stochastic: bool
     supports_global: bool
@@ -100,10 +104,27 @@ def register_pool(
     functional: Callable[..., Any],
     family: Family,
     title: str,
+    formula: str,
     stochastic: bool = False,
     supports_global: bool = True,
 ) -> Callable[[_T], _T]:
-    """Class decorator that registers a :class:`~poolkit.layers.base.Pool2d` subclass under ``name``."""
+    """Class decorator that registers a :class:`~poolkit.layers.base.Pool2d` subclass under ``name``.
+
+    ``title`` (the display label) and ``formula`` (one window's output in plain text) are required:
+    the report and the benchmarks read them from here, never from their own copies.
+
+    Example:
+        >>> import poolkit
+        >>> spec = poolkit.get_pool_spec("channel_adaptive")
+        >>> spec.title, spec.formula
+        ('Channel-Adaptive', 'lambda_c = sigmoid(theta_c), y_c = lambda_c M_c + (1 - lambda_c) A_c')
+    """
+    for field, value in (("title", title), ("formula", formula)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(
+                f"register_pool({name!r}): {field} must be a non-empty string, got {value!r}; "
+                f"give the method's {'display label' if field == 'title' else 'one-window formula'}"
+            )
 
     def decorator(cls: _T) -> _T:
         if name in _REGISTRY and _REGISTRY[name].cls is not cls:
@@ -114,6 +135,7 @@ def register_pool(
             functional=functional,
             family=family,
             title=title,
+            formula=formula,
             needs_channels=bool(getattr(cls, "needs_channels", False)),
             stochastic=stochastic,
             supports_global=supports_global,

@@ -201,7 +201,13 @@ def lip_pool2d(
     return finish(_lip(x, g, conv_weight, norm_weight, norm_bias, norm_eps))
 
 
-@register_pool("attention", functional=attention_pool2d, family="study", title="Attention-Weighted")
+@register_pool(
+    "attention",
+    functional=attention_pool2d,
+    family="study",
+    title="Attention-Weighted",
+    formula="a = sigmoid(W2 ReLU(W1 x + b1) + b2), y = sum_R(x a) / (sum_R(a) + eps)",
+)
 class AttentionPool(Pool2d):
     """Attention-Weighted pooling (the study's eqs. 5-6).
 
@@ -277,7 +283,13 @@ class AttentionPool(Pool2d):
         return {"reduction": self.reduction, "eps": self.eps}
 
 
-@register_pool("softpool", functional=soft_pool2d, family="literature", title="SoftPool")
+@register_pool(
+    "softpool",
+    functional=soft_pool2d,
+    family="literature",
+    title="SoftPool",
+    formula="y = sum_R softmax_R(x)_i x_i = sum_R e^{x_i} x_i / sum_R e^{x_i}",
+)
 class SoftPool(Pool2d):
     """SoftPool (Stergiou, Poppe & Kalliatakis, ICCV 2021): ``y = sum_R e^{x_i} x_i / sum_R e^{x_i}``.
 
@@ -293,7 +305,13 @@ class SoftPool(Pool2d):
         return _soft(x, geometry)
 
 
-@register_pool("lip", functional=lip_pool2d, family="literature", title="LIP")
+@register_pool(
+    "lip",
+    functional=lip_pool2d,
+    family="literature",
+    title="LIP",
+    formula="l = 12 sigmoid(IN(conv3x3(x))), y = sum_R e^l x / sum_R e^l",
+)
 class LIPPool(Pool2d):
     """Local importance pooling (Gao, Wang & Wu, ICCV 2019), its "simplified" logit module.
 

@@ -221,14 +221,15 @@ class _ThetaBlend(Pool2d):
         device: torch.device | str | None,
         dtype: torch.dtype | None,
     ) -> None:
-        if per_channel and channels is None:
-            raise ValueError(
-                f"{type(self).__name__}(per_channel=True) needs channels=<number of input channels>"
-            )
+        # Pool2d first: a class that always needs channels (ChannelAdaptivePool) gets its own message.
         super().__init__(
             kernel_size, stride, padding, dilation, ceil_mode,
             channels=channels, spatial_dims=spatial_dims, output_size=output_size,
         )  # fmt: skip
+        if per_channel and channels is None:
+            raise ValueError(
+                f"{type(self).__name__}(per_channel=True) needs channels=<number of input channels>"
+            )
         self.per_channel = bool(per_channel)
         shape = (channels,) if per_channel else ()
         init = math.log(init_lambda / (1.0 - init_lambda))
@@ -238,6 +239,9 @@ class _ThetaBlend(Pool2d):
         """lambda = sigmoid(theta), the weight on the maximum (per channel when ``per_channel``)."""
         return torch.sigmoid(self.theta)
 
+    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
+        return _blend(x, geometry, _channel_view(self.lam(), x))
+
     def learned_values(self) -> dict[str, list[float]]:
         return {"lambda": self.lam().detach().float().flatten().tolist()}
 
@@ -245,7 +249,13 @@ class _ThetaBlend(Pool2d):
         return {"theta": self.theta}
 
 
-@register_pool("mixed", functional=mixed_pool2d, family="literature", title="Mixed max-avg")
+@register_pool(
+    "mixed",
+    functional=mixed_pool2d,
+    family="literature",
+    title="Mixed max-avg",
+    formula="lambda = sigmoid(theta), y = lambda * M + (1 - lambda) * A",
+)
 class MixedPool(_ThetaBlend):
     """Mixed max-average pooling (Lee, Gallagher & Tu, AISTATS 2016).
 
@@ -278,21 +288,23 @@ class MixedPool(_ThetaBlend):
             per_channel=per_channel, init_lambda=0.5, device=device, dtype=dtype,
         )  # fmt: skip
 
-    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
-        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta), x))
-
     def _option_repr(self) -> dict[str, object]:
         return {"per_channel": self.per_channel} if self.per_channel else {}
 
 
 @register_pool(
-    "channel_adaptive", functional=channel_adaptive_pool2d, family="study", title="Channel-Adaptive"
+    "channel_adaptive",
+    functional=channel_adaptive_pool2d,
+    family="study",
+    title="Channel-Adaptive",
+    formula="lambda_c = sigmoid(theta_c), y_c = lambda_c M_c + (1 - lambda_c) A_c",
 )
-class ChannelAdaptivePool(Pool2d):
+class ChannelAdaptivePool(_ThetaBlend):
     """Channel-Adaptive pooling (the study's eq. 4): ``y_c = lambda_c M_c + (1 - lambda_c) A_c``.
 
     ``lambda_c = sigmoid(theta_c)``, theta initialised at 0 (lambda = 0.5). Needs ``channels``.
-    Parameters per layer: C.
+    Parameters per layer: C. It is :class:`MixedPool` with ``per_channel=True`` always (same parameter
+    ``theta`` of shape (C,), so state dicts are interchangeable).
 
     Example:
         >>> pool = ChannelAdaptivePool(2, channels=1)
@@ -319,21 +331,17 @@ class ChannelAdaptivePool(Pool2d):
         super().__init__(
             kernel_size, stride, padding, dilation, ceil_mode,
             channels=channels, spatial_dims=spatial_dims, output_size=output_size,
+            per_channel=True, init_lambda=0.5, device=device, dtype=dtype,
         )  # fmt: skip
-        assert channels is not None
-        self.theta = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
-
-    def pool(self, x: Tensor, geometry: Geometry) -> Tensor:
-        return _blend(x, geometry, _channel_view(torch.sigmoid(self.theta), x))
-
-    def functional_kwargs(self) -> dict[str, object]:
-        return {"theta": self.theta}
-
-    def learned_values(self) -> dict[str, list[float]]:
-        return {"lambda": torch.sigmoid(self.theta).detach().float().tolist()}
 
 
-@register_pool("gated", functional=gated_pool2d, family="study", title="Gated")
+@register_pool(
+    "gated",
+    functional=gated_pool2d,
+    family="study",
+    title="Gated",
+    formula="g = sigmoid(mean_R(w . x + b)), y = g * M + (1 - g) * A",
+)
 class GatedPool(Pool2d):
     """Gated pooling (the study): ``g = sigmoid(mean_R(w . x + b))``, ``y = g M + (1 - g) A``.
 
@@ -383,6 +391,7 @@ class GatedPool(Pool2d):
     functional=stochastic_mix_pool2d,
     family="study",
     title="Stochastic Mix",
+    formula="y = lambda * M + (1 - lambda) * A with a random lambda in training",
     stochastic=True,
 )
 class StochasticMixPool(_ThetaBlend):

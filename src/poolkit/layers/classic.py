@@ -202,7 +202,13 @@ def strided_conv_pool2d(
     return finish(_strided_conv(x, g, weight, bias, groups))
 
 
-@register_pool("max", functional=max_pool2d, family="classic", title="Max")
+@register_pool(
+    "max",
+    functional=max_pool2d,
+    family="classic",
+    title="Max",
+    formula="y = max_{i in R} x_i (padding never wins)",
+)
 class MaxPool(Pool2d):
     """Max pooling (the baseline): ``y = max_{i in R} x_i``. No learnable parameters.
 
@@ -216,7 +222,13 @@ class MaxPool(Pool2d):
         return window_max(x, geometry)
 
 
-@register_pool("avg", functional=avg_pool2d, family="classic", title="Average")
+@register_pool(
+    "avg",
+    functional=avg_pool2d,
+    family="classic",
+    title="Average",
+    formula="y = (1/n) sum_{i in R} x_i (count_include_pad=False)",
+)
 class AvgPool(Pool2d):
     """Average pooling over the real cells: ``y = (1/n) sum_{i in R} x_i``. No learnable parameters.
 
@@ -272,7 +284,9 @@ class AvgPool(Pool2d):
         return shown
 
 
-@register_pool("lp", functional=lp_pool2d, family="classic", title="LP (p=2)")
+@register_pool(
+    "lp", functional=lp_pool2d, family="classic", title="LP (p=2)", formula="y = (sum_{i in R} x_i^p)^(1/p)"
+)
 class LPPool(Pool2d):
     """Power-average pooling ``y = (sum_{i in R} x_i^p)^(1/p)`` with ``p = norm_type`` (default 2).
 
@@ -314,6 +328,7 @@ class LPPool(Pool2d):
     functional=strided_conv_pool2d,
     family="classic",
     title="Strided conv",
+    formula="y_c = sum_{c', i} w_{c c' i} x_{c' i} + b_c over the pool's windows",
     supports_global=False,
 )
 class StridedConvPool(Pool2d):

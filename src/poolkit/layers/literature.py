@@ -205,7 +205,12 @@ def _check_filter_size(filter_size: int, method: str) -> None:
 
 
 @register_pool(
-    "stochastic", functional=stochastic_pool2d, family="literature", title="Stochastic", stochastic=True
+    "stochastic",
+    functional=stochastic_pool2d,
+    family="literature",
+    title="Stochastic",
+    formula="p_i = relu(x_i) / sum_R relu(x); y = x_j, j ~ p (train), sum_R p_i x_i",
+    stochastic=True,
 )
 class StochasticPool(Pool2d):
     """Stochastic pooling (Zeiler & Fergus, ICLR 2013).
@@ -227,7 +232,13 @@ class StochasticPool(Pool2d):
         return {"training": self.training}
 
 
-@register_pool("gem", functional=gem_pool2d, family="literature", title="GeM")
+@register_pool(
+    "gem",
+    functional=gem_pool2d,
+    family="literature",
+    title="GeM",
+    formula="y = (mean_R clamp(x, eps)^p)^(1/p)",
+)
 class GeMPool(Pool2d):
     """Generalized-mean pooling (Radenović et al., TPAMI 2019): ``y = (mean_R clamp(x, eps)^p)^(1/p)``.
 
@@ -282,7 +293,12 @@ class GeMPool(Pool2d):
 
 
 @register_pool(
-    "blurmax", functional=blur_max_pool2d, family="literature", title="Blur-max", supports_global=False
+    "blurmax",
+    functional=blur_max_pool2d,
+    family="literature",
+    title="Blur-max",
+    formula="dense max (stride 1), then a binomial blur with the stride",
+    supports_global=False,
 )
 class BlurMaxPool(Pool2d):
     """Anti-aliased max pooling, MaxBlurPool (Zhang, "Making Convolutional Networks Shift-Invariant Again").

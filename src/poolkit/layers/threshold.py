@@ -145,7 +145,13 @@ def learnable_t_pool2d(
     )
 
 
-@register_pool("tmaxavg", functional=t_max_avg_pool2d, family="study", title="T-Max-Avg")
+@register_pool(
+    "tmaxavg",
+    functional=t_max_avg_pool2d,
+    family="study",
+    title="T-Max-Avg",
+    formula="y = M if M >= T else T_K",
+)
 class TMaxAvgPool(Pool2d):
     """T-Max-Avg pooling (the study's eq. 2): ``y = M if M >= T else T_K``. No learnable parameters.
 
@@ -187,7 +193,13 @@ class TMaxAvgPool(Pool2d):
         return {"k": self.k, "threshold": self.threshold}
 
 
-@register_pool("soft_tmaxavg", functional=soft_t_max_avg_pool2d, family="study", title="Soft T-Max-Avg")
+@register_pool(
+    "soft_tmaxavg",
+    functional=soft_t_max_avg_pool2d,
+    family="study",
+    title="Soft T-Max-Avg",
+    formula="alpha = sigmoid((M - T) / tau), y = alpha * M + (1 - alpha) * T_K",
+)
 class SoftTMaxAvgPool(Pool2d):
     """Soft T-Max-Avg (the study's eq. 3): ``alpha = sigmoid((M - T)/tau)``, ``y = alpha M + (1-alpha) T_K``.
 
@@ -231,7 +243,13 @@ class SoftTMaxAvgPool(Pool2d):
         return {"k": self.k, "threshold": self.threshold, "tau": self.tau}
 
 
-@register_pool("learnable_t", functional=learnable_t_pool2d, family="study", title="Learnable-T")
+@register_pool(
+    "learnable_t",
+    functional=learnable_t_pool2d,
+    family="study",
+    title="Learnable-T",
+    formula="alpha = sigmoid((M - T)/tau), y = alpha M + (1-alpha) T_K with a learned tensor T",
+)
 class LearnableTPool(Pool2d):
     """Learnable-T: Soft T-Max-Avg whose threshold T is a learnable parameter initialised at ``threshold``.
 

@@ -8,10 +8,8 @@ reason returned, never drawn from made-up numbers.
 from __future__ import annotations
 
 import functools
-import inspect
 import io
 import math
-import re
 import textwrap
 import zlib
 from collections import defaultdict
@@ -26,6 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
+from poolkit.registry import PoolSpec
 from poolkit.report.tables import (
     PARAMETER_MEANINGS,
     Column,
@@ -159,11 +158,9 @@ def _title_list(groups: Sequence[Group]) -> list[str]:
 # -------------------------------------------------------------------------------- 1. the gallery
 
 
-def _formula(functional: object) -> str:
-    """The first paragraph of the functional twin's docstring, which carries the method's formula."""
-    doc = inspect.getdoc(functional) or ""
-    first = doc.split("\n\n")[0].replace("\n", " ")
-    return re.sub(r"``(.*?)``", r"\1", first).replace(":class:", "").replace("`", "").replace("$", r"\$")
+def _formula(spec: PoolSpec) -> str:
+    """The method's registered formula (``PoolSpec.formula``), ``$`` escaped for matplotlib's mathtext."""
+    return spec.formula.replace("$", r"\$")
 
 
 def gallery_outputs(methods: Sequence[str] | None = None) -> list[dict[str, object]]:
@@ -189,7 +186,7 @@ def gallery_outputs(methods: Sequence[str] | None = None) -> list[dict[str, obje
             "name": name,
             "title": spec.title,
             "family": spec.family,
-            "formula": _formula(spec.functional),
+            "formula": _formula(spec),
         }
         try:
             with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -228,7 +225,7 @@ def gallery_figure(out_dir: Path) -> FigureFile:
         "Each method pools the same 4×4 input with a 2×2 window and stride 2, with its default options, in "
         "eval mode. Methods with learnable or convolutional parts are shown at their initialisation (torch "
         f"seed {GALLERY_SEED}), not after training; stochastic methods show their eval-mode output. The "
-        "text under each panel is the formula from the method's docstring (M = window max, A = window "
+        "text under each panel is the method's registered formula (M = window max, A = window "
         "mean, T_K = mean of the top K, R = the window's cells)."
     )
     return FigureFile(path, "Method gallery", caption)
