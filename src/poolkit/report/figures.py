@@ -26,18 +26,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
-from poolkit.report.tables import (
-    PARAMETER_MEANINGS,
-    Column,
-    Group,
-    ReportData,
-    ablation_grids,
-    method_order,
-    model_family,
-    model_order,
-    model_title,
-    write_atomic,
-)
+from poolkit.report.csvtables import write_atomic
+from poolkit.report.formatting import PARAMETER_MEANINGS, method_order, model_family, model_order, model_title
+from poolkit.report.grouping import Column, Group, ReportData, ablation_grids
 
 __all__ = [
     "GALLERY_INPUT",

@@ -18,6 +18,9 @@ from pathlib import Path
 
 from poolkit.report import figures as figs
 from poolkit.report import tables as tab
+from poolkit.report.csvtables import write_atomic, write_tables
+from poolkit.report.formatting import dataset_title, method_order, method_title, model_title
+from poolkit.report.grouping import Column, ReportData, ablation_grids, collect
 from poolkit.report.runs import load_runs
 
 __all__ = ["Bullets", "Document", "Heading", "Image", "Paragraph", "Table", "build_report"]
@@ -193,8 +196,8 @@ def _figures(doc: Document, made: tuple[list[figs.FigureFile], list[str]]) -> No
 
 def _column_tables(
     doc: Document,
-    data: tab.ReportData,
-    table: Callable[[tab.ReportData, tab.Column], tab.TableRows],
+    data: ReportData,
+    table: Callable[[ReportData, Column], tab.TableRows],
 ) -> None:
     """One titled table per (model, dataset) column that ``table`` has rows for."""
     for column in data.columns:
@@ -204,7 +207,7 @@ def _column_tables(
             doc.add(Table(header, rows))
 
 
-def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
+def _overview(doc: Document, data: ReportData, runs_dir: Path) -> None:
     status = Counter(r.status for r in data.runs)
     states = ("finished", "failed", "diverged", "incomplete", "unreadable")
     counts = ", ".join(f"{status.get(s, 0)} {s}" for s in states if s != "diverged" or status.get(s))
@@ -218,16 +221,16 @@ def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
         )
     finished = data.finished
     if finished:
-        models = ", ".join(tab.model_title(m) for m in sorted({r.model for r in finished if r.model}))
-        datasets = ", ".join(tab.dataset_title(d) for d in sorted({r.dataset for r in finished if r.dataset}))
-        methods = sorted({r.pool for r in finished if r.pool}, key=tab.method_order)
+        models = ", ".join(model_title(m) for m in sorted({r.model for r in finished if r.model}))
+        datasets = ", ".join(dataset_title(d) for d in sorted({r.dataset for r in finished if r.dataset}))
+        methods = sorted({r.pool for r in finished if r.pool}, key=method_order)
         seeds = ", ".join(str(s) for s in sorted({r.seed for r in finished if r.seed is not None}))
         devices = Counter(r.device or "unknown" for r in finished)
         doc.add(
             Bullets(
                 [
                     f"Models: {models}; datasets: {datasets}.",
-                    f"Methods: {', '.join(tab.method_title(m) for m in methods)}.",
+                    f"Methods: {', '.join(method_title(m) for m in methods)}.",
                     f"Seeds: {seeds}.",
                     "Devices: " + ", ".join(f"{d} ({n} runs)" for d, n in sorted(devices.items())) + ".",
                 ]
@@ -257,14 +260,14 @@ def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
     )
 
 
-def _table1(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
+def _table1(doc: Document, data: ReportData, figure_dir: Path) -> None:
     doc.add(Heading(2, "Table 1: top-1 accuracy by pooling method"))
     if not data.models:
         doc.add(Paragraph("No finished runs: Table 1 is empty."))
         return
     accuracy_figures = figs.accuracy_figures(data, figure_dir)
     for model in data.models:
-        doc.add(Heading(3, f"Table 1 ({tab.model_title(model)}): test top-1 (%), best in bold"))
+        doc.add(Heading(3, f"Table 1 ({model_title(model)}): test top-1 (%), best in bold"))
         doc.table(tab.table1(data, model))
         columns = [c for c in data.columns if c.model == model]
         sentences = [s for c in columns if (s := tab.resolution_sentence(data, c))]
@@ -289,17 +292,17 @@ def _table1(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
         doc.add(Table(header, rows))
 
 
-def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
+def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
     doc.add(Heading(2, "Architecture sensitivity"))
     _figures(doc, figs.architecture_figure(data, figure_dir))
 
     doc.add(Heading(2, "Ablation: K × T"))
-    grids = tab.ablation_grids(data)
+    grids = ablation_grids(data)
     _figures(doc, figs.ablation_figures(data, figure_dir))
     for column, method, groups in grids:
         doc.add(
             Paragraph(
-                f"{tab.method_title(method)}, {column.full_title}: mean test top-1 (%) ± sample std (n "
+                f"{method_title(method)}, {column.full_title}: mean test top-1 (%) ± sample std (n "
                 "seeds) per K (rows) and T (columns); best in bold."
             )
         )
@@ -338,9 +341,9 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
                 )
             )
         for model in data.models:
-            doc.add(Heading(3, f"{tab.model_title(model)}: parameters"))
+            doc.add(Heading(3, f"{model_title(model)}: parameters"))
             doc.table(tab.params_table(data, model))
-            doc.add(Heading(3, f"{tab.model_title(model)}: speed and memory"))
+            doc.add(Heading(3, f"{model_title(model)}: speed and memory"))
             doc.table(tab.timing_table(data, model))
         notes = sorted({f"{r.group.column.full_title}: {r.note}." for r in data.overhead if r.note})
         if notes:
@@ -373,7 +376,7 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
     _figures(doc, figs.learned_figures(data, figure_dir))
 
 
-def _problems(doc: Document, data: tab.ReportData) -> None:
+def _problems(doc: Document, data: ReportData) -> None:
     # Diverged runs are listed here too (the heading keeps its anchor for existing links).
     doc.add(Heading(2, "Failed, incomplete and unreadable runs"))
     header, rows = tab.problem_runs_table(data)
@@ -414,7 +417,7 @@ def build_report(
     runs_dir = Path(runs_dir)
     out = Path(out_dir)
     runs = load_runs(runs_dir)
-    data = tab.collect(runs, confidence)
+    data = collect(runs, confidence)
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
 
@@ -426,7 +429,7 @@ def build_report(
     _table1(doc, data, figure_dir)
     _sections(doc, data, figure_dir)
     _problems(doc, data)
-    files = tab.write_tables(data, out)
+    files = write_tables(data, out)
     doc.add(Heading(2, "Files"))
     doc.add(
         Bullets(
@@ -435,8 +438,8 @@ def build_report(
         )
     )
 
-    tab.write_atomic(out / "report.md", doc.to_markdown(out))
-    return tab.write_atomic(out / "report.html", doc.to_html())
+    write_atomic(out / "report.md", doc.to_markdown(out))
+    return write_atomic(out / "report.html", doc.to_html())
 
 
 _FILE_NOTES = {
