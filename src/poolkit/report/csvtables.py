@@ -3,8 +3,6 @@ parameters) or per run, every number at full precision, None as an empty cell.""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -39,13 +37,13 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> Path:
 
 
 def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
-    """A CSV with a header of ``columns``; None becomes an empty cell, floats keep full precision."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="raise", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return write_atomic(path, buffer.getvalue())
+    """A CSV with a header of ``columns`` (written by :func:`poolkit.atomic.atomic_write_csv`); a missing
+    value or None becomes an empty cell, keys not in ``columns`` are left out, floats keep full precision."""
+    from poolkit.atomic import atomic_write_csv
+
+    cells = ({k: "" if row.get(k) is None else row.get(k) for k in columns} for row in rows)
+    atomic_write_csv(path, columns, cells)
+    return Path(path)
 
 
 def _group_fields(group: Group) -> dict[str, Any]:
