@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from poolkit.report import figures as figs
+from poolkit.report import figures_accuracy as fig_acc
+from poolkit.report import figures_behaviour as fig_beh
 from poolkit.report import tables as tab
 from poolkit.report.csvtables import write_atomic, write_tables
 from poolkit.report.document import Bullets, Document, Heading, Image, Paragraph, Table
@@ -103,7 +105,7 @@ def _table1(doc: Document, data: ReportData, figure_dir: Path) -> None:
     if not data.models:
         doc.add(Paragraph("No finished runs: Table 1 is empty."))
         return
-    accuracy_figures = figs.accuracy_figures(data, figure_dir)
+    accuracy_figures = fig_acc.accuracy_figures(data, figure_dir)
     for model in data.models:
         doc.add(Heading(3, f"Table 1 ({model_title(model)}): test top-1 (%), best in bold"))
         doc.table(tab.table1(data, model))
@@ -132,11 +134,11 @@ def _table1(doc: Document, data: ReportData, figure_dir: Path) -> None:
 
 def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
     doc.add(Heading(2, "Architecture sensitivity"))
-    _figures(doc, figs.architecture_figure(data, figure_dir))
+    _figures(doc, fig_acc.architecture_figure(data, figure_dir))
 
     doc.add(Heading(2, "Ablation: K × T"))
     grids = ablation_grids(data)
-    _figures(doc, figs.ablation_figures(data, figure_dir))
+    _figures(doc, fig_acc.ablation_figures(data, figure_dir))
     for column, method, groups in grids:
         doc.add(
             Paragraph(
@@ -147,7 +149,7 @@ def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
         doc.table(tab.ablation_table(data, column, groups))
 
     doc.add(Heading(2, "Learning curves"))
-    _figures(doc, figs.learning_curve_figures(data, figure_dir))
+    _figures(doc, fig_beh.learning_curve_figures(data, figure_dir))
 
     doc.add(Heading(2, "Computational overhead"))
     if data.overhead:
@@ -186,7 +188,7 @@ def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
         notes = sorted({f"{r.group.column.full_title}: {r.note}." for r in data.overhead if r.note})
         if notes:
             doc.add(Bullets(notes))
-    _figures(doc, figs.overhead_figures(data, figure_dir))
+    _figures(doc, fig_beh.overhead_figures(data, figure_dir))
 
     doc.add(Heading(2, "Shift consistency"))
     if data.shift:
@@ -199,7 +201,7 @@ def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
             )
         )
         _column_tables(doc, data, tab.shift_table)
-    _figures(doc, figs.shift_figures(data, figure_dir))
+    _figures(doc, fig_beh.shift_figures(data, figure_dir))
 
     doc.add(Heading(2, "Learned pooling parameters"))
     if data.learned:
@@ -211,7 +213,7 @@ def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
             )
         )
         _column_tables(doc, data, tab.learned_table)
-    _figures(doc, figs.learned_figures(data, figure_dir))
+    _figures(doc, fig_beh.learned_figures(data, figure_dir))
 
 
 def _problems(doc: Document, data: ReportData) -> None:
