@@ -1,4 +1,4 @@
-"""From run records to the report's numbers: groups of seeds, paired comparisons, tidy rows, CSV files.
+"""From run records to the report's numbers: groups of seeds, paired comparisons, the rows of every table.
 
 Runs are grouped by *column* (model, dataset, variant) and *method* (pool name and its non-default
 options). ``variant`` names the config keys (epochs, width, lr, ...) that differ between the finished
