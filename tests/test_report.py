@@ -17,7 +17,7 @@ from scipy import stats as sps
 from poolkit.registry import get_pool_spec
 from poolkit.report import build_report, cli, load_runs, read_run
 from poolkit.report.figures import GALLERY_INPUT, gallery_outputs, method_colour
-from poolkit.report.tables import collect
+from poolkit.report.grouping import collect
 from test_report_fixtures import STUDY_METHODS, make_run, make_study
 
 

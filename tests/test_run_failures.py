@@ -20,8 +20,9 @@ from torch import nn
 from poolkit.cli import main as poolkit_main
 from poolkit.experiments import SweepConfig, run_sweep
 from poolkit.experiments.sweep import format_status, sweep_status
+from poolkit.report.grouping import collect
 from poolkit.report.runs import read_run
-from poolkit.report.tables import collect, problem_runs_table
+from poolkit.report.tables import problem_runs_table
 from poolkit.train import train_run
 from poolkit.train.checkpoint import CheckpointError, load_checkpoint, previous_path
 from poolkit.train.engine import RunDiverged

@@ -6,7 +6,7 @@ Example:
     PosixPath('out/report/report.html')
 """
 
-from poolkit.report.html import build_report
+from poolkit.report.builder import build_report
 from poolkit.report.runs import RunRecord, load_runs, read_run
 
 __all__ = ["RunRecord", "build_report", "load_runs", "read_run"]

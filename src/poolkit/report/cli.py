@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from poolkit.report.html import build_report
+from poolkit.report.builder import build_report
 from poolkit.report.runs import find_run_dirs
 
 __all__ = ["add_arguments", "default_out_dir", "main"]

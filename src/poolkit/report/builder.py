@@ -1,4 +1,4 @@
-"""The report as a document: one list of blocks rendered twice, to Markdown and to self-contained HTML.
+"""The report's content: which tables, figures and sentences it holds, in which order.
 
 :func:`build_report` reads the run directories, writes the CSV tables and PNG figures, and renders
 ``report.md`` (figures linked as files) and ``report.html`` (figures embedded as base64 PNG, inline
@@ -7,180 +7,23 @@ CSS, no script and no external reference of any kind).
 
 from __future__ import annotations
 
-import base64
-import html
 import os
-import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from poolkit.report import figures as figs
+from poolkit.report import figures_accuracy as fig_acc
+from poolkit.report import figures_behaviour as fig_beh
 from poolkit.report import tables as tab
+from poolkit.report.csvtables import write_atomic, write_tables
+from poolkit.report.document import Bullets, Document, Heading, Image, Paragraph, Table
+from poolkit.report.formatting import dataset_title, method_order, method_title, model_title
+from poolkit.report.grouping import Column, ReportData, ablation_grids, collect
+from poolkit.report.htmlpage import render_html
 from poolkit.report.runs import load_runs
 
-__all__ = ["Bullets", "Document", "Heading", "Image", "Paragraph", "Table", "build_report"]
-
-
-@dataclass
-class Heading:
-    """A section heading (level 2 and 3 are used; level 2 headings make the HTML's contents list)."""
-
-    level: int
-    text: str
-
-
-@dataclass
-class Paragraph:
-    """Text with Markdown's ``**bold**`` and ```code``` as its only inline markup."""
-
-    text: str
-
-
-@dataclass
-class Bullets:
-    """A bullet list; items take the same inline markup as :class:`Paragraph`."""
-
-    items: list[str]
-
-
-@dataclass
-class Table:
-    """A table of text cells (inline markup allowed, ``|`` is escaped in Markdown)."""
-
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Image:
-    """A PNG figure with its caption: linked from report.md, embedded in report.html."""
-
-    path: Path
-    title: str
-    caption: str
-
-
-Block = Heading | Paragraph | Bullets | Table | Image
-
-
-def _anchor(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-_INLINE = re.compile(r"\*\*(.+?)\*\*|`([^`]+)`")
-
-
-def _inline_html(text: str) -> str:
-    out, last = [], 0
-    for match in _INLINE.finditer(text):
-        out.append(html.escape(text[last : match.start()]))
-        if match.group(1) is not None:
-            out.append(f"<strong>{_inline_html(match.group(1))}</strong>")
-        else:
-            out.append(f"<code>{html.escape(match.group(2))}</code>")
-        last = match.end()
-    out.append(html.escape(text[last:]))
-    return "".join(out)
-
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; margin: 0 auto;
-       max-width: 1500px; padding: 1.5em 2em 4em; color: #1d1d1f; line-height: 1.45; }
-h1 { border-bottom: 2px solid #333; padding-bottom: .2em; }
-h2 { border-bottom: 1px solid #ccc; padding-bottom: .15em; margin-top: 2em; }
-h3 { margin-top: 1.6em; }
-.scroll { overflow-x: auto; margin: .8em 0 1.2em; }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border: 1px solid #d0d0d0; padding: 4px 8px; text-align: left; vertical-align: top; }
-th { background: #eef1f5; position: sticky; top: 0; }
-tr:nth-child(even) td { background: #f8f9fb; }
-td:first-child { white-space: nowrap; font-weight: 500; }
-figure { margin: 1em 0 2em; }
-figure img { max-width: 100%; height: auto; border: 1px solid #e3e3e3; }
-figcaption { font-size: 14px; color: #444; margin-top: .4em; max-width: 1100px; }
-code { background: #f2f2f2; padding: 0 3px; border-radius: 3px; font-size: 90%; }
-nav ul { columns: 2; font-size: 14px; }
-"""
-
-
-@dataclass
-class Document:
-    """An ordered list of blocks with a title."""
-
-    title: str
-    blocks: list[Block] = field(default_factory=list)
-
-    def add(self, *blocks: Block) -> None:
-        self.blocks.extend(blocks)
-
-    def table(self, rows: tuple[list[str], list[list[str]]]) -> None:
-        header, body = rows
-        if body:
-            self.add(Table(header, body))
-
-    def to_markdown(self, base: Path) -> str:
-        """Markdown with figures linked relative to ``base`` (the directory report.md is written to)."""
-        lines = [f"# {self.title}", ""]
-        for block in self.blocks:
-            if isinstance(block, Heading):
-                lines += ["#" * block.level + " " + block.text, ""]
-            elif isinstance(block, Paragraph):
-                lines += [block.text, ""]
-            elif isinstance(block, Bullets):
-                lines += [f"- {item}" for item in block.items] + [""]
-            elif isinstance(block, Table):
-
-                def row(cells: list[str]) -> str:
-                    return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-                lines += [row(block.header), "|" + "|".join(" --- " for _ in block.header) + "|"]
-                lines += [row(r) for r in block.rows] + [""]
-            elif isinstance(block, Image):
-                rel = os.path.relpath(block.path, base).replace(os.sep, "/")
-                lines += [f"![{block.title}]({rel})", "", f"*{block.caption}*", ""]
-        return "\n".join(lines).rstrip() + "\n"
-
-    def to_html(self) -> str:
-        """One self-contained HTML page: inline CSS, figures as ``data:`` URIs, no scripts, no links out."""
-        toc = [b for b in self.blocks if isinstance(b, Heading) and b.level == 2]
-        parts = [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>",
-            f"<h1>{html.escape(self.title)}</h1>",
-        ]
-        if toc:
-            items = "".join(f'<li><a href="#{_anchor(h.text)}">{_inline_html(h.text)}</a></li>' for h in toc)
-            parts.append(f"<nav><strong>Contents</strong><ul>{items}</ul></nav>")
-        for block in self.blocks:
-            if isinstance(block, Heading):
-                parts.append(
-                    f'<h{block.level} id="{_anchor(block.text)}">{_inline_html(block.text)}</h{block.level}>'
-                )
-            elif isinstance(block, Paragraph):
-                parts.append(f"<p>{_inline_html(block.text)}</p>")
-            elif isinstance(block, Bullets):
-                parts.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in block.items) + "</ul>")
-            elif isinstance(block, Table):
-                head = "".join(f"<th>{_inline_html(c)}</th>" for c in block.header)
-                body = "".join(
-                    "<tr>" + "".join(f"<td>{_inline_html(c)}</td>" for c in r) + "</tr>" for r in block.rows
-                )
-                parts.append(
-                    f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-                    f"<tbody>{body}</tbody></table></div>"
-                )
-            elif isinstance(block, Image):
-                encoded = base64.b64encode(block.path.read_bytes()).decode("ascii")
-                parts.append(
-                    f'<figure><img src="data:image/png;base64,{encoded}" alt="{html.escape(block.title)}">'
-                    f"<figcaption>{_inline_html(block.caption)}</figcaption></figure>"
-                )
-        parts.append("</body></html>")
-        return "\n".join(parts) + "\n"
+__all__ = ["build_report"]
 
 
 def _figures(doc: Document, made: tuple[list[figs.FigureFile], list[str]]) -> None:
@@ -193,8 +36,8 @@ def _figures(doc: Document, made: tuple[list[figs.FigureFile], list[str]]) -> No
 
 def _column_tables(
     doc: Document,
-    data: tab.ReportData,
-    table: Callable[[tab.ReportData, tab.Column], tab.TableRows],
+    data: ReportData,
+    table: Callable[[ReportData, Column], tab.TableRows],
 ) -> None:
     """One titled table per (model, dataset) column that ``table`` has rows for."""
     for column in data.columns:
@@ -204,7 +47,7 @@ def _column_tables(
             doc.add(Table(header, rows))
 
 
-def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
+def _overview(doc: Document, data: ReportData, runs_dir: Path) -> None:
     status = Counter(r.status for r in data.runs)
     states = ("finished", "failed", "diverged", "incomplete", "unreadable")
     counts = ", ".join(f"{status.get(s, 0)} {s}" for s in states if s != "diverged" or status.get(s))
@@ -218,16 +61,16 @@ def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
         )
     finished = data.finished
     if finished:
-        models = ", ".join(tab.model_title(m) for m in sorted({r.model for r in finished if r.model}))
-        datasets = ", ".join(tab.dataset_title(d) for d in sorted({r.dataset for r in finished if r.dataset}))
-        methods = sorted({r.pool for r in finished if r.pool}, key=tab.method_order)
+        models = ", ".join(model_title(m) for m in sorted({r.model for r in finished if r.model}))
+        datasets = ", ".join(dataset_title(d) for d in sorted({r.dataset for r in finished if r.dataset}))
+        methods = sorted({r.pool for r in finished if r.pool}, key=method_order)
         seeds = ", ".join(str(s) for s in sorted({r.seed for r in finished if r.seed is not None}))
         devices = Counter(r.device or "unknown" for r in finished)
         doc.add(
             Bullets(
                 [
                     f"Models: {models}; datasets: {datasets}.",
-                    f"Methods: {', '.join(tab.method_title(m) for m in methods)}.",
+                    f"Methods: {', '.join(method_title(m) for m in methods)}.",
                     f"Seeds: {seeds}.",
                     "Devices: " + ", ".join(f"{d} ({n} runs)" for d, n in sorted(devices.items())) + ".",
                 ]
@@ -257,14 +100,14 @@ def _overview(doc: Document, data: tab.ReportData, runs_dir: Path) -> None:
     )
 
 
-def _table1(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
+def _table1(doc: Document, data: ReportData, figure_dir: Path) -> None:
     doc.add(Heading(2, "Table 1: top-1 accuracy by pooling method"))
     if not data.models:
         doc.add(Paragraph("No finished runs: Table 1 is empty."))
         return
-    accuracy_figures = figs.accuracy_figures(data, figure_dir)
+    accuracy_figures = fig_acc.accuracy_figures(data, figure_dir)
     for model in data.models:
-        doc.add(Heading(3, f"Table 1 ({tab.model_title(model)}): test top-1 (%), best in bold"))
+        doc.add(Heading(3, f"Table 1 ({model_title(model)}): test top-1 (%), best in bold"))
         doc.table(tab.table1(data, model))
         columns = [c for c in data.columns if c.model == model]
         sentences = [s for c in columns if (s := tab.resolution_sentence(data, c))]
@@ -289,24 +132,24 @@ def _table1(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
         doc.add(Table(header, rows))
 
 
-def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
+def _sections(doc: Document, data: ReportData, figure_dir: Path) -> None:
     doc.add(Heading(2, "Architecture sensitivity"))
-    _figures(doc, figs.architecture_figure(data, figure_dir))
+    _figures(doc, fig_acc.architecture_figure(data, figure_dir))
 
     doc.add(Heading(2, "Ablation: K × T"))
-    grids = tab.ablation_grids(data)
-    _figures(doc, figs.ablation_figures(data, figure_dir))
+    grids = ablation_grids(data)
+    _figures(doc, fig_acc.ablation_figures(data, figure_dir))
     for column, method, groups in grids:
         doc.add(
             Paragraph(
-                f"{tab.method_title(method)}, {column.full_title}: mean test top-1 (%) ± sample std (n "
+                f"{method_title(method)}, {column.full_title}: mean test top-1 (%) ± sample std (n "
                 "seeds) per K (rows) and T (columns); best in bold."
             )
         )
         doc.table(tab.ablation_table(data, column, groups))
 
     doc.add(Heading(2, "Learning curves"))
-    _figures(doc, figs.learning_curve_figures(data, figure_dir))
+    _figures(doc, fig_beh.learning_curve_figures(data, figure_dir))
 
     doc.add(Heading(2, "Computational overhead"))
     if data.overhead:
@@ -338,14 +181,14 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
                 )
             )
         for model in data.models:
-            doc.add(Heading(3, f"{tab.model_title(model)}: parameters"))
+            doc.add(Heading(3, f"{model_title(model)}: parameters"))
             doc.table(tab.params_table(data, model))
-            doc.add(Heading(3, f"{tab.model_title(model)}: speed and memory"))
+            doc.add(Heading(3, f"{model_title(model)}: speed and memory"))
             doc.table(tab.timing_table(data, model))
         notes = sorted({f"{r.group.column.full_title}: {r.note}." for r in data.overhead if r.note})
         if notes:
             doc.add(Bullets(notes))
-    _figures(doc, figs.overhead_figures(data, figure_dir))
+    _figures(doc, fig_beh.overhead_figures(data, figure_dir))
 
     doc.add(Heading(2, "Shift consistency"))
     if data.shift:
@@ -358,7 +201,7 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
             )
         )
         _column_tables(doc, data, tab.shift_table)
-    _figures(doc, figs.shift_figures(data, figure_dir))
+    _figures(doc, fig_beh.shift_figures(data, figure_dir))
 
     doc.add(Heading(2, "Learned pooling parameters"))
     if data.learned:
@@ -370,10 +213,10 @@ def _sections(doc: Document, data: tab.ReportData, figure_dir: Path) -> None:
             )
         )
         _column_tables(doc, data, tab.learned_table)
-    _figures(doc, figs.learned_figures(data, figure_dir))
+    _figures(doc, fig_beh.learned_figures(data, figure_dir))
 
 
-def _problems(doc: Document, data: tab.ReportData) -> None:
+def _problems(doc: Document, data: ReportData) -> None:
     # Diverged runs are listed here too (the heading keeps its anchor for existing links).
     doc.add(Heading(2, "Failed, incomplete and unreadable runs"))
     header, rows = tab.problem_runs_table(data)
@@ -414,7 +257,7 @@ def build_report(
     runs_dir = Path(runs_dir)
     out = Path(out_dir)
     runs = load_runs(runs_dir)
-    data = tab.collect(runs, confidence)
+    data = collect(runs, confidence)
     figure_dir = out / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
 
@@ -426,7 +269,7 @@ def build_report(
     _table1(doc, data, figure_dir)
     _sections(doc, data, figure_dir)
     _problems(doc, data)
-    files = tab.write_tables(data, out)
+    files = write_tables(data, out)
     doc.add(Heading(2, "Files"))
     doc.add(
         Bullets(
@@ -435,8 +278,8 @@ def build_report(
         )
     )
 
-    tab.write_atomic(out / "report.md", doc.to_markdown(out))
-    return tab.write_atomic(out / "report.html", doc.to_html())
+    write_atomic(out / "report.md", doc.to_markdown(out))
+    return write_atomic(out / "report.html", render_html(doc))
 
 
 _FILE_NOTES = {
