@@ -318,10 +318,6 @@ class RunDir:
         """``checkpoint.pt`` or its previous generation exists (a resume can start from either)."""
         return self.checkpoint.exists() or self.previous_checkpoint.exists()
 
-    def is_run(self) -> bool:
-        """The directory holds one of :data:`RUN_MARKERS`."""
-        return any((self.path / marker).is_file() for marker in RUN_MARKERS)
-
     # ---------------------------------------------------------------- readers (tolerant)
     def read_config(self, problems: list[str] | None = None) -> dict[str, Any] | None:
         return read_yaml_mapping(self.config, problems)

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "accumulate_dtype",
     "memory_format",
     "window_max_mean_op",
     "window_max_topk_mean_op",
@@ -83,7 +84,8 @@ def _empty_in(like: Tensor, size: Sequence[int], dtype: torch.dtype, channels_la
     )
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate in (and keep their float side outputs in): float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -186,7 +188,7 @@ def _(x: Tensor, k: int, kernel: Any, stride: Any, padding: Any, dilation: Any, 
         _empty(x, out_size),
         _empty(x, out_size, torch.int32),
         _empty(x, out_size),
-        _empty(x, out_size, _accumulate_dtype(x.dtype)),
+        _empty(x, out_size, accumulate_dtype(x.dtype)),
     )
 
 
@@ -257,7 +259,7 @@ def window_power_mean_op(
 
 @window_power_mean_op.register_fake
 def _(x: Tensor, p: Tensor, eps: float, *geometry: Any) -> Any:
-    out_size, acc = geometry[-1], _accumulate_dtype(x.dtype)
+    out_size, acc = geometry[-1], accumulate_dtype(x.dtype)
     return _empty(x, out_size), _empty(x, out_size, acc), _empty(x, out_size, acc)
 
 
@@ -335,7 +337,7 @@ def window_weighted_mean_op(
 @window_weighted_mean_op.register_fake
 def _(x: Tensor, w: Tensor, eps: float, *geometry: Any) -> Any:
     out_size = geometry[-1]
-    return _empty(x, out_size), _empty(x, out_size, _accumulate_dtype(x.dtype))
+    return _empty(x, out_size), _empty(x, out_size, accumulate_dtype(x.dtype))
 
 
 @torch.library.custom_op("poolkit::window_weighted_mean_backward", mutates_args=(), device_types="cpu")

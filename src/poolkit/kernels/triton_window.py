@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from poolkit.kernels.ops import memory_format
+from poolkit.kernels.ops import accumulate_dtype, memory_format
 
 __all__ = [
     "max_mean_backward",
@@ -245,7 +245,7 @@ def max_topk_forward(
     out_size: Sequence[int],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(M, T_K, index, kth, tie) of every window (see :mod:`poolkit.kernels.ops`)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     m, t, idx, kth, tie = _outputs(x, out_size, (x.dtype, x.dtype, torch.int32, x.dtype, acc))
     area = triton.next_power_of_2(int(kernel[0]) * int(kernel[1]))
     _max_topk_forward_kernel[_grid(m.numel())](
@@ -490,7 +490,7 @@ def power_mean_forward(
     out_size: Sequence[int],
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(y, S, S') of GeM for every window (see :mod:`poolkit.kernels.ops`)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     y, s, ds = _outputs(x, out_size, (x.dtype, acc, acc))
     _power_mean_forward_kernel[_grid(y.numel())](
         x, p.to(device=x.device, dtype=acc), y, s, ds, float(eps), y.numel(), x.shape[1], x.shape[2],
@@ -539,7 +539,7 @@ def weighted_mean_forward(
     out_size: Sequence[int],
 ) -> tuple[Tensor, Tensor]:
     """(y, D) of the weighted mean of every window; w of x's shape or (N, 1, H, W) (read with stride 0)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulate_dtype(x.dtype)
     y, d = _outputs(x, out_size, (x.dtype, acc))
     weights = w.to(x.dtype).expand(x.shape)
     _weighted_mean_forward_kernel[_grid(y.numel())](

@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from poolkit.errors import UserError
-from poolkit.rundir import TENSORBOARD_DIR
+from poolkit.rundir import RunDir
 from poolkit.tracking.events import EpochEnded, RunEnded, RunEvent, RunSink, RunStarted
 
 __all__ = [
     "LOGGERS",
     "MLFLOW_EXPERIMENT",
-    "TENSORBOARD_DIR",
     "MlflowSink",
     "TensorBoardSink",
     "TrackingUnavailableError",
@@ -78,7 +77,7 @@ class TensorBoardSink:
 
     def handle(self, event: RunEvent) -> None:
         if isinstance(event, RunStarted):
-            self._writer = self._writer_class(log_dir=str(Path(event.run_dir) / TENSORBOARD_DIR))
+            self._writer = self._writer_class(log_dir=str(RunDir(event.run_dir).tensorboard))
             if not event.resumed_epochs:
                 self._writer.add_text("config", _config_text(event.config), 0)
         elif isinstance(event, EpochEnded) and self._writer is not None:
@@ -110,7 +109,6 @@ class MlflowSink:
 
     def __init__(self, tracking_uri: str | None = None, experiment: str = MLFLOW_EXPERIMENT) -> None:
         try:
-            import mlflow  # noqa: F401
             from mlflow.tracking import MlflowClient
         except ImportError as error:
             raise TrackingUnavailableError(

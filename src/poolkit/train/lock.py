@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from poolkit.atomic import atomic_write_json
-from poolkit.rundir import LOCK_FILE, read_json
+from poolkit.rundir import LOCK_FILE, RunDir, read_json
 
 __all__ = [
     "DEFAULT_EXPIRY_S",
@@ -257,7 +257,7 @@ class LockHolder:
 
 def read_lock(run_dir: str | os.PathLike[str]) -> LockHolder | None:
     """The holder named by ``RUN_DIR/lock.json``, or None when there is no (readable) lock."""
-    return _read_holder_file(Path(run_dir) / LOCK_FILE)
+    return _read_holder_file(RunDir(run_dir).lock_file)
 
 
 # ---------------------------------------------------------------------------------------------- the lock
@@ -287,7 +287,7 @@ class RunLock:
     ) -> None:
         default_heartbeat, default_expiry = lock_settings()
         self.run_dir = Path(run_dir)
-        self.path = self.run_dir / LOCK_FILE
+        self.path = RunDir(self.run_dir).lock_file
         self.heartbeat_s = float(heartbeat_s if heartbeat_s is not None else default_heartbeat)
         self.expiry_s = float(expiry_s if expiry_s is not None else default_expiry)
         _check_timing(self.heartbeat_s, self.expiry_s)
