@@ -19,6 +19,7 @@ from pools import (
     ALL_POOLS,
     BLENDS,
     CHANNELS,
+    DETERMINISTIC,
     FORM_CASES,
     FORM_IDS,
     FORMS,
@@ -285,6 +286,24 @@ def test_cuda_autocast(name, dtype):
     with torch.autocast("cuda", dtype=dtype):
         y = module(x.detach())
     torch.testing.assert_close(y.float(), module(x.detach()), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_cuda_channels_last_gradients_equal_nchw(name):
+    """The layout never changes a gradient on CUDA (CUDA avg_pool2d's channels_last backward with padding
+    is wrong in some torch releases, pytorch/pytorch#188344; poolkit averages such inputs in NCHW)."""
+    for geometry in [(2,), (3, 2, 1)]:
+        module = perturb(build(name, *geometry)).cuda().double().train()
+        x = torch.randn(2, CHANNELS, 9, 8, device="cuda", dtype=torch.float64)
+        probe = torch.randn(module(x).shape, device="cuda", dtype=torch.float64)
+        grads = []
+        for channels_last in (False, True):
+            leaf = x.contiguous(memory_format=torch.channels_last) if channels_last else x.clone()
+            leaf.requires_grad_()
+            module(leaf).backward(probe)
+            grads.append(leaf.grad)
+        torch.testing.assert_close(grads[1], grads[0], msg=lambda m, g=geometry: f"{name} {g}: {m}")
 
 
 @pytest.mark.parametrize("name", ALL_POOLS)

@@ -1,10 +1,12 @@
 """The Triton kernels (``poolkit.kernels.triton_window``) against the eager reference, under the interpreter.
 
 Triton runs its kernels on CPU tensors when ``TRITON_INTERPRET=1`` is set before it is imported, so these
-tests need no GPU; they are skipped unless that variable is set and triton is installed (CI runs them in a
-separate step: ``TRITON_INTERPRET=1 pytest tests/test_triton_kernels.py``). The interpreter is slow, so the
-tensors are small; the comparison is the same as tests/test_fused.py's: M exactly, A and T_K up to
-summation order, the input gradient of both (max_pool2d's first-maximum rule, the top-K tie rule).
+tests need no GPU; they are skipped unless that variable is set or a CUDA device is present, and
+triton is installed (CI runs them in a separate step: ``TRITON_INTERPRET=1 pytest
+tests/test_triton_kernels.py``; on a GPU machine plain ``pytest tests/test_triton_kernels.py`` runs them on
+the device). The interpreter is slow, so the tensors are small; the comparison is the same as
+tests/test_fused.py's: M exactly, A and T_K up to summation order, the input gradient of both
+(max_pool2d's first-maximum rule, the top-K tie rule).
 """
 
 from __future__ import annotations
@@ -18,11 +20,31 @@ import torch.nn.functional as F
 
 from poolkit.layers.fused import use_fused_kernels, window_max_mean, window_max_topk_mean, window_power_mean
 from poolkit.layers.windows import PoolGeometry, min_window_count, window_mean, window_weighted_mean
-from pools import reseed
+from pools import CHANNELS, DETERMINISTIC, build, perturb, reseed
 
-if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("the Triton kernels run on CPU only with TRITON_INTERPRET=1", allow_module_level=True)
-triton_window = pytest.importorskip("poolkit.kernels.triton_window", reason="triton is not installed")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if not INTERPRETED and not torch.cuda.is_available():
+    pytest.skip("the Triton kernels need a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
+_triton_window = pytest.importorskip("poolkit.kernels.triton_window", reason="triton is not installed")
+DEVICE = "cpu" if INTERPRETED else "cuda"
+
+
+class _OnDevice:
+    """``triton_window``'s functions, called with their tensors on DEVICE and answering on the CPU."""
+
+    def __getattr__(self, name: str):
+        function = getattr(_triton_window, name)
+
+        def call(*args):
+            out = function(*[a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args])
+            if isinstance(out, (tuple, list)):
+                return tuple(o.cpu() for o in out)
+            return out.cpu() if isinstance(out, torch.Tensor) else out
+
+        return call
+
+
+triton_window = _OnDevice()
 
 pytestmark = pytest.mark.slow
 
@@ -167,3 +189,33 @@ def test_triton_weighted_mean_equals_the_reference(channels_last: bool, shared: 
         torch.testing.assert_close(y, y0, msg=context)
         torch.testing.assert_close(grad_x, grad_x0, msg=context)
         torch.testing.assert_close(grad_w, grad_w0, msg=context)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compares CUDA modules: needs a CUDA device")
+@pytest.mark.parametrize("name", DETERMINISTIC)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_every_pool_on_cuda_is_the_same_with_the_triton_kernels(name: str, channels_last: bool) -> None:
+    """Each deterministic pool on CUDA: the Triton kernels (``on``) vs the native pair (``off``)."""
+    for geometry in [(2,), (3, 2, 1)]:
+        module = perturb(build(name, *geometry)).cuda().train()
+        x = torch.randn(4, CHANNELS, 13, 12, device="cuda")
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        results = []
+        for mode in ("off", "on"):
+            leaf = x.clone().requires_grad_()
+            module.zero_grad()
+            with use_fused_kernels(mode):
+                y = module(leaf)
+            y.backward(torch.ones_like(y))
+            grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
+            results.append((y.detach(), leaf.grad, grads))
+        (y0, g0, p0), (y1, g1, p1) = results
+
+        def context(message: str, geometry=geometry) -> str:
+            return f"{name} {geometry}: {message}"
+
+        torch.testing.assert_close(y1, y0, rtol=1e-4, atol=1e-5, msg=context)
+        torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5, msg=context)
+        for a, b in zip(p1, p0, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=context)

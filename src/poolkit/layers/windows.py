@@ -372,7 +372,29 @@ def _average(x: Tensor, g: PoolGeometry, **options: Any) -> Tensor:
     if g.spatial_dims == 3 and x.device.type == "cpu" and x.element_size() < 4:
         return _average(x.float(), g, **options).to(x.dtype)
     pool = _native("avg_pool", g.spatial_dims)
+    if _cuda_channels_last_padding_bug(x, g):
+        y = pool(x.contiguous(), g.kernel_size, g.stride, g.padding, g.ceil_mode, **options)
+        return y.contiguous(memory_format=torch.channels_last)
     return pool(x, g.kernel_size, g.stride, g.padding, g.ceil_mode, **options)
+
+
+def _cuda_channels_last_padding_bug(x: Tensor, g: PoolGeometry) -> bool:
+    """Whether CUDA ``avg_pool2d``'s backward would be wrong for x: channels_last input, padding > 0.
+
+    Its channels_last backward kernel forgets the padding offset (pytorch/pytorch#188344: silently wrong
+    input gradients; seen on an H200 with torch 2.11.0+cu130, error 0.6 in float64 for a 3x3/2 p1 window).
+    Such inputs are averaged in NCHW (one copy each way), whose kernel is right.
+    """
+    return (
+        g.spatial_dims == 2
+        and x.device.type == "cuda"
+        and any(g.padding)
+        and torch.is_grad_enabled()
+        and x.requires_grad
+        and x.shape[1] > 1
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
 
 
 def window_max(x: Tensor, geometry: Geometry) -> Tensor:
