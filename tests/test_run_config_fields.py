@@ -121,6 +121,18 @@ def test_the_docs_table_is_the_generated_one() -> None:
         assert f"| `{name}` |" in text and spec.flag in text
 
 
+def test_help_and_docs_name_every_dataset_and_model() -> None:
+    table = docs_table(RunConfig)
+    for name in ("dataset", "model"):
+        spec = run_key(RunConfig, name)
+        assert spec.names is not None
+        for value in spec.names():
+            assert value in spec.help, (name, value)
+        if name == "dataset":
+            assert all(f"`{value}`" in spec.doc for value in spec.names())
+    assert "list_models()" in table
+
+
 def test_non_result_keys_and_sweep_schema_come_from_the_metadata() -> None:
     assert {"data_dir", "download", "device", "threads", "loggers"} == NON_RESULT_KEYS
     axes = sweep_config._grid_axis_keys()

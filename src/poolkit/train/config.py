@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from poolkit.models.specs import HEADS, STEMS
+from poolkit.models.specs import HEADS, STEMS, list_models
 from poolkit.train.fields import key_metadata, run_field, run_keys, validate
 
 __all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
@@ -91,12 +91,6 @@ def _list_datasets() -> list[str]:
     return list(list_datasets())
 
 
-def _list_models() -> list[str]:
-    from poolkit.models import list_models
-
-    return list_models()
-
-
 def _list_pools() -> list[str]:
     from poolkit import list_pools
 
@@ -141,8 +135,8 @@ class RunConfig:
     model: str = run_field(
         "vgg16",
         kind="str",
-        names=_list_models,
-        help="vgg11, vgg13, vgg16, vgg19, resnet18 or resnet34 (default vgg16)",
+        names=list_models,
+        help=f"{', '.join(list_models()[:-1])} or {list_models()[-1]} (default vgg16)",
         doc="a name from `list_models()`",
     )
     pool: str = run_field(
