@@ -170,6 +170,8 @@ def test_a_key_of_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown kind 'decimal'; kinds are: str, bool"):
         Key(kind="decimal", help="h", doc="d")
     assert Key(kind="str", help="h", doc="d", choices=("a", "b")).allowed == "one of: a, b"
+    with pytest.raises(ValueError, match="needs allowed="):
+        Key(kind="int", help="h", doc="d", check=lambda v, c: v > 0)
 
 
 def test_docstring_examples() -> None:

@@ -88,7 +88,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # must stay fast).
 
 
-def _run_keys() -> list[tuple[str, Key]]:
+def _run_keys() -> tuple[tuple[str, Key], ...]:
     from poolkit.train.config import RunConfig
     from poolkit.train.fields import run_keys
 

@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -65,6 +66,7 @@ KINDS: dict[str, Kind] = {
     "options": Kind(
         "mapping", None, lambda v: isinstance(v, Mapping), "a mapping of option names to values", dict
     ),
+    # Checked by _check_loggers (a single name becomes a one-name list; names from poolkit.tracking).
     "loggers": Kind("list of str", None, lambda v: True, "a list of logger names"),
 }
 
@@ -106,6 +108,8 @@ class Key:
             raise ValueError(f"unknown kind {self.kind!r}; kinds are: {', '.join(KINDS)}")
         if self.choices and not self.allowed:
             object.__setattr__(self, "allowed", f"one of: {', '.join(self.choices)}")
+        if self.check is not None and not self.allowed:
+            raise ValueError("a Key with a check needs allowed= (what the check accepts, for the message)")
 
 
 def run_field(default: Any = dataclasses.MISSING, **meta: Any) -> Any:
@@ -118,7 +122,8 @@ def key_metadata(**meta: Any) -> dict[str, Key]:
     return {"key": Key(**meta)}
 
 
-def run_keys(cls: type) -> list[tuple[str, Key]]:
+@functools.cache
+def run_keys(cls: type) -> tuple[tuple[str, Key], ...]:
     """``(name, Key)`` of every field of a config dataclass, in field order, each with its flag set."""
     out = []
     for f in dataclasses.fields(cls):
@@ -126,7 +131,7 @@ def run_keys(cls: type) -> list[tuple[str, Key]]:
         if not spec.flag:
             spec = dataclasses.replace(spec, flag="--" + f.name.replace("_", "-"))
         out.append((f.name, spec))
-    return out
+    return tuple(out)
 
 
 def run_key(cls: type, name: str) -> Key:
