@@ -213,22 +213,14 @@ def _list_pools(family: str | None) -> str:
 
 
 def _list_models() -> str:
-    from torch import nn
-
-    from poolkit.layers import GlobalPool2d, Pool2d
-    from poolkit.models import create_model, list_models
+    from poolkit.models import get_model_spec, list_models
 
     rows = [["name", "downsampling pools"]]
     for name in list_models():
-        counts = []
-        for stem in ("cifar", "imagenet") if name.startswith("resnet") else ("cifar",):
-            model: nn.Module = create_model(name, 10, width=0.0625, stem=stem)
-            # A global pool wraps a Pool2d of its own: count only the downsampling ones.
-            modules = list(model.modules())
-            n = sum(isinstance(m, Pool2d) for m in modules) - sum(
-                isinstance(m, GlobalPool2d) for m in modules
-            )
-            counts.append(f"{n} (stem {stem})" if name.startswith("resnet") else str(n))
+        spec = get_model_spec(name)
+        counts = [str(len(spec.pools[stem].modules)) for stem in spec.stems]
+        if len(spec.stems) > 1:
+            counts = [f"{n} (stem {stem})" for n, stem in zip(counts, spec.stems, strict=True)]
         rows.append([name, ", ".join(counts)])
     return _table(rows) + "\n\nThe global pool of the head (global_pool, default avg) is not counted."
 
@@ -236,11 +228,11 @@ def _list_models() -> str:
 def _list_datasets() -> str:
     from poolkit.data import dataset_info, list_datasets
 
-    rows = [["name", "data_dir", "download"]]
+    rows = [["name", "title", "data_dir", "download"]]
     for name in list_datasets():
         info = dataset_info(name)
         where = info.hint if info.needs_data_dir else "not needed (embedded or generated)"
-        rows.append([name, where, "yes" if info.downloadable else "no"])
+        rows.append([name, info.title, where, "yes" if info.downloadable else "no"])
     return _table(rows)
 
 

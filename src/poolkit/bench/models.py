@@ -43,10 +43,6 @@ class ModelResult:
     level: str = "model"
 
 
-#: Model defaults: (image size, classes) of the dataset each model is benchmarked on.
-_MODEL_DATA = {"vgg": (32, 100), "resnet": (64, 200)}
-
-
 def bench_models(
     pools: Sequence[str],
     *,
@@ -83,16 +79,14 @@ def bench_models(
         amp: autocast (bfloat16 on CPU, float16 with a GradScaler on CUDA).
         channels_last: input and model in channels_last.
     """
-    from poolkit.models import create_model, list_models
+    from poolkit.models import create_model, get_model_spec
 
-    if model not in list_models():
-        raise ValueError(f"unknown model {model!r}; valid models are: {', '.join(list_models())}")
+    spec = get_model_spec(model)  # ValueError listing the valid names
     names = list(dict.fromkeys(["max", *(poolkit.get_pool_spec(p).name for p in pools)]))
     dev = _resolve_device(device)
-    family = "vgg" if model.startswith("vgg") else "resnet"
-    image_size = image_size or _MODEL_DATA[family][0]
-    num_classes = num_classes or _MODEL_DATA[family][1]
-    extra: dict[str, Any] = {"stem": stem} if family == "resnet" else {}
+    image_size = image_size or spec.image_size
+    num_classes = num_classes or spec.num_classes
+    extra: dict[str, Any] = {"stem": stem} if len(spec.stems) > 1 else {}
     layout = "channels_last" if channels_last else "nchw"
     config = (
         f"{model}{f' stem={stem}' if extra else ''} width {width:g}, batch {batch_size}x3x{image_size}x"

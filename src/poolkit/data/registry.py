@@ -19,9 +19,11 @@ __all__ = ["DatasetInfo", "dataset_info", "list_datasets", "load_dataset"]
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset needs: ``data_dir`` (and what to pass there), whether it can be downloaded."""
+    """What a dataset needs: ``data_dir`` (and what to pass there), whether it can be downloaded, and
+    its ``title`` (how the report and ``poolkit list datasets`` write it: ``CIFAR-100``)."""
 
     load: Callable[..., DatasetSplits]
+    title: str
     needs_data_dir: bool
     downloadable: bool
     # Constants computed from the train split are recomputed when a validation split is held out.
@@ -32,6 +34,7 @@ class DatasetInfo:
 _DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo(
         load_cifar10,
+        title="CIFAR-10",
         needs_data_dir=True,
         downloadable=True,
         stats_from_train=False,
@@ -39,6 +42,7 @@ _DATASETS: dict[str, DatasetInfo] = {
     ),
     "cifar100": DatasetInfo(
         load_cifar100,
+        title="CIFAR-100",
         needs_data_dir=True,
         downloadable=True,
         stats_from_train=False,
@@ -46,6 +50,7 @@ _DATASETS: dict[str, DatasetInfo] = {
     ),
     "tinyimagenet": DatasetInfo(
         load_tinyimagenet,
+        title="Tiny ImageNet",
         needs_data_dir=True,
         downloadable=False,
         stats_from_train=False,
@@ -53,13 +58,18 @@ _DATASETS: dict[str, DatasetInfo] = {
     ),
     "imagefolder": DatasetInfo(
         load_imagefolder,
+        title="ImageFolder",
         needs_data_dir=True,
         downloadable=False,
         stats_from_train=True,
         hint="a folder with train/<class>/ and test/<class>/ (or val/<class>/) image folders",
     ),
-    "mnist5k": DatasetInfo(load_mnist5k, needs_data_dir=False, downloadable=False, stats_from_train=True),
-    "synthetic": DatasetInfo(load_synthetic, needs_data_dir=False, downloadable=False, stats_from_train=True),
+    "mnist5k": DatasetInfo(
+        load_mnist5k, title="MNIST-5k", needs_data_dir=False, downloadable=False, stats_from_train=True
+    ),
+    "synthetic": DatasetInfo(
+        load_synthetic, title="Synthetic", needs_data_dir=False, downloadable=False, stats_from_train=True
+    ),
 }
 
 
@@ -79,6 +89,8 @@ def dataset_info(name: str) -> DatasetInfo:
     Example:
         >>> dataset_info("cifar100").needs_data_dir, dataset_info("mnist5k").needs_data_dir
         (True, False)
+        >>> dataset_info("tinyimagenet").title
+        'Tiny ImageNet'
     """
     info = _DATASETS.get(name) if isinstance(name, str) else None
     if info is None:

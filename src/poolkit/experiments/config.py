@@ -1,4 +1,6 @@
-"""The sweep configuration: its YAML schema, validation, ``--set`` edits, ``${data_dir}`` and presets.
+"""The sweep configuration: its YAML schema, validation and presets (``--set`` edits and ``${data_dir}``
+are :mod:`poolkit.experiments.edits`, the ``local:``/``slurm:`` sections
+:mod:`poolkit.experiments.launch_options`).
 
 A sweep is a YAML mapping (see ``docs/experiments.md`` for the full schema)::
 
@@ -30,13 +32,33 @@ import dataclasses
 import itertools
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from poolkit.experiments.edits import (
+    DATA_DIR_VAR,
+    apply_sets,
+    find_placeholders,
+    missing_data_dir_message,
+    parse_set,
+    substitute,
+)
+from poolkit.experiments.launch_options import (
+    LocalOptions,
+    SlurmOptions,
+    parse_local,
+    parse_slurm,
+    parse_time_limit,
+)
+from poolkit.experiments.schema import SweepConfigError, as_list, check_keys, check_mapping, fail
+
+if TYPE_CHECKING:
+    from poolkit.train.fields import Key
 
 __all__ = [
     "SWEEP_KEYS",
@@ -58,52 +80,43 @@ __all__ = [
 
 #: The top-level keys of a sweep file.
 SWEEP_KEYS = ("name", "description", "grid", "train", "overrides", "local", "slurm")
-_DATA_DIR_VAR = "${data_dir}"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class SweepConfigError(ValueError):
-    """A sweep file is invalid. The message names the key (``grid.pool[1].options.k``) and the fix."""
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Run-level knowledge, borrowed from poolkit.train (imported lazily: `poolkit --help` must stay fast).
+# Run-level knowledge: RunConfig's field metadata (poolkit.train.fields), imported lazily (`poolkit --help`
+# must stay fast).
+
+
+def _run_keys() -> tuple[tuple[str, Key], ...]:
+    from poolkit.train.config import RunConfig
+    from poolkit.train.fields import run_keys
+
+    return run_keys(RunConfig)
 
 
 def run_config_keys() -> list[str]:
     """Every key a run config accepts (``poolkit.train.config.RunConfig.keys()``), in order."""
-    from poolkit.train.config import RunConfig
-
-    return RunConfig.keys()
+    return [name for name, _ in _run_keys()]
 
 
 def _environment_keys() -> frozenset[str]:
-    """Run keys that do not change results (left out of the run id): they cannot be grid axes,
-    because two runs differing only in them would be the same run."""
-    from poolkit.train.config import NON_RESULT_KEYS
-
-    return NON_RESULT_KEYS
+    """Run keys that do not change results (``Key.result`` false, left out of the run id): they cannot be
+    grid axes, because two runs differing only in them would be the same run."""
+    return frozenset(name for name, spec in _run_keys() if not spec.result)
 
 
 def _grid_axis_keys() -> list[str]:
-    return [k for k in run_config_keys() if k not in _environment_keys() and k != "pool_options"]
+    """Run keys a grid may vary: those that change results, except ``pool_options`` (``Key.grid`` false:
+    options belong to each entry of ``grid.pool``)."""
+    return [name for name, spec in _run_keys() if spec.result and spec.grid]
 
 
 def _known_names(key: str) -> list[str] | None:
-    """The valid names of a name-valued run key (to reject typos in ``match``), or None."""
-    if key == "pool":
-        from poolkit import list_pools
-
-        return list_pools()
-    if key == "model":
-        from poolkit.models import list_models
-
-        return list_models()
-    if key == "dataset":
-        from poolkit.data import list_datasets
-
-        return list_datasets()
-    return None
+    """The valid names of a name-valued run key (``Key.names``: pools, models, datasets), to reject typos
+    in ``match``; None for any other key."""
+    spec = dict(_run_keys()).get(key)
+    return spec.names() if spec is not None and spec.names is not None else None
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -158,67 +171,6 @@ class Override:
             out["match"] = {k: _compact(v) for k, v in self.match.items()}
         out["set"] = dict(self.set)
         return out
-
-
-@dataclass(frozen=True)
-class LocalOptions:
-    """The ``local:`` section: defaults of the local launcher (command-line flags win)."""
-
-    workers: int = 1
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """The ``slurm:`` section: how ``--launcher slurm`` submits the sweep's job array (via submitit).
-
-    ``account``, ``qos`` and ``constraint`` are passed as additional ``#SBATCH`` parameters;
-    ``tasks_per_node > 1`` runs each run as a DDP job of that many processes (one per GPU);
-    ``cluster`` is submitit's executor: ``slurm`` (default), or ``local``/``debug`` to try a sweep out
-    on one machine.
-    """
-
-    partition: str | None = None
-    gpus_per_node: int | None = None
-    cpus_per_task: int | None = None
-    mem_gb: float | None = None
-    timeout_min: int = 24 * 60
-    array_parallelism: int | None = None
-    tasks_per_node: int = 1
-    account: str | None = None
-    qos: str | None = None
-    constraint: str | None = None
-    job_name: str | None = None
-    setup: tuple[str, ...] = ()
-    additional_parameters: dict[str, Any] = field(default_factory=dict)
-    cluster: str = "slurm"
-
-    def to_yaml(self) -> dict[str, Any]:
-        default = SlurmOptions()
-        out = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value != getattr(default, f.name):
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-
-_SLURM_TYPES: dict[str, tuple[type, ...]] = {
-    "partition": (str,),
-    "gpus_per_node": (int,),
-    "cpus_per_task": (int,),
-    "mem_gb": (int, float),
-    "timeout_min": (int,),
-    "array_parallelism": (int,),
-    "tasks_per_node": (int,),
-    "account": (str,),
-    "qos": (str,),
-    "constraint": (str,),
-    "job_name": (str,),
-    "setup": (list,),
-    "additional_parameters": (dict,),
-    "cluster": (str,),
-}
-_SLURM_CLUSTERS = ("slurm", "local", "debug")
 
 
 @dataclass(frozen=True)
@@ -292,38 +244,12 @@ _SweepDumper.add_representer(list, _represent_list)
 # Parsing and validation.
 
 
-def _fail(where: str, problem: str) -> SweepConfigError:
-    return SweepConfigError(f"{where}: {problem}" if where else problem)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def _check_mapping(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _fail(where, f"expected a mapping (key: value), got {type(value).__name__} {value!r}")
-    for key in value:
-        if not isinstance(key, str):
-            raise _fail(where, f"keys must be strings, got {key!r}")
-    return value
-
-
-def _check_run_keys(keys: Iterable[str], where: str, allowed: Sequence[str], hint: str = "") -> None:
-    for key in keys:
-        if key not in allowed:
-            extra = f" ({hint})" if hint else ""
-            raise _fail(f"{where}.{key}", f"unknown key{extra}; valid keys are: {', '.join(allowed)}")
-
-
 def _check_unique(values: list[Any], where: str) -> None:
     seen: list[Any] = []
     for v in values:
         if v in seen:
             shown = v.to_yaml() if isinstance(v, PoolEntry) else v
-            raise _fail(where, f"{shown!r} is listed twice")
+            raise fail(where, f"{shown!r} is listed twice")
         seen.append(v)
 
 
@@ -336,51 +262,51 @@ def _parse_pool_entry(entry: Any, where: str) -> PoolEntry:
     elif isinstance(entry, Mapping):
         unknown = sorted(set(entry) - {"name", "options"})
         if unknown:
-            raise _fail(where, f"unknown key(s) {unknown}; a pool entry has 'name' and optional 'options'")
+            raise fail(where, f"unknown key(s) {unknown}; a pool entry has 'name' and optional 'options'")
         if "name" not in entry:
-            raise _fail(where, "a pool entry mapping needs a 'name' (e.g. {name: tmaxavg, options: {k: 2}})")
-        name, raw_options = entry["name"], _check_mapping(entry.get("options"), f"{where}.options")
+            raise fail(where, "a pool entry mapping needs a 'name' (e.g. {name: tmaxavg, options: {k: 2}})")
+        name, raw_options = entry["name"], check_mapping(entry.get("options"), f"{where}.options")
     else:
-        raise _fail(where, f"expected a pool name or {{name: ..., options: {{...}}}}, got {entry!r}")
+        raise fail(where, f"expected a pool name or {{name: ..., options: {{...}}}}, got {entry!r}")
     if not isinstance(name, str) or name not in list_pools():
-        raise _fail(f"{where}", f"unknown pool {name!r}; valid names are: {', '.join(list_pools())}")
+        raise fail(f"{where}", f"unknown pool {name!r}; valid names are: {', '.join(list_pools())}")
     valid = pool_options(name)
     options: dict[str, list[Any]] = {}
     for key, value in raw_options.items():
         if key not in valid:
             listed = ", ".join(valid) if valid else "none"
-            raise _fail(
+            raise fail(
                 f"{where}.options.{key}", f"unknown option for pool {name!r}; its options are: {listed}"
             )
-        values = _as_list(value)
+        values = as_list(value)
         if not values:
-            raise _fail(f"{where}.options.{key}", "an empty list of values (give at least one)")
+            raise fail(f"{where}.options.{key}", "an empty list of values (give at least one)")
         _check_unique(values, f"{where}.options.{key}")
         options[key] = values
     return PoolEntry(name, options)
 
 
 def _parse_grid(raw: Any) -> dict[str, list[Any]]:
-    grid_raw = _check_mapping(raw, "grid")
+    grid_raw = check_mapping(raw, "grid")
     axis_keys = _grid_axis_keys()
     for key in grid_raw:
         if key == "pool_options":
-            raise _fail(
+            raise fail(
                 "grid.pool_options",
                 "pool options belong to a pool entry: grid.pool: [{name: tmaxavg, options: {k: [1, 2]}}]",
             )
         if key in _environment_keys():
-            raise _fail(
+            raise fail(
                 f"grid.{key}",
                 "cannot be a grid axis (it does not change results, so every value "
                 "would be the same run); set it in 'train' or with --set",
             )
-    _check_run_keys(grid_raw, "grid", axis_keys)
+    check_keys(grid_raw, "grid", axis_keys)
     grid: dict[str, list[Any]] = {}
     for key, value in grid_raw.items():
-        values = _as_list(value)
+        values = as_list(value)
         if not values:
-            raise _fail(f"grid.{key}", "an empty axis (give at least one value)")
+            raise fail(f"grid.{key}", "an empty axis (give at least one value)")
         if key == "pool":
             entries = [_parse_pool_entry(v, f"grid.pool[{i}]") for i, v in enumerate(values)]
             _check_unique(entries, "grid.pool")
@@ -388,27 +314,25 @@ def _parse_grid(raw: Any) -> dict[str, list[Any]]:
         else:
             for i, v in enumerate(values):
                 if isinstance(v, Mapping | list):
-                    raise _fail(f"grid.{key}[{i}]", f"expected a single value, got {v!r}")
+                    raise fail(f"grid.{key}[{i}]", f"expected a single value, got {v!r}")
             _check_unique(values, f"grid.{key}")
             names = _known_names(key)
             if names is not None:
                 for v in values:
                     if v not in names:
-                        raise _fail(
-                            f"grid.{key}", f"unknown {key} {v!r}; valid names are: {', '.join(names)}"
-                        )
+                        raise fail(f"grid.{key}", f"unknown {key} {v!r}; valid names are: {', '.join(names)}")
             grid[key] = values
     return grid
 
 
 def _parse_train(raw: Any, grid: Mapping[str, Any]) -> dict[str, Any]:
-    train = dict(_check_mapping(raw, "train"))
-    _check_run_keys(train, "train", run_config_keys())
+    train = dict(check_mapping(raw, "train"))
+    check_keys(train, "train", run_config_keys())
     for key in train:
         if key in grid:
-            raise _fail(f"train.{key}", f"{key!r} is also a grid axis; keep it in one place")
+            raise fail(f"train.{key}", f"{key!r} is also a grid axis; keep it in one place")
     if "pool_options" in train and "pool" in grid:
-        raise _fail(
+        raise fail(
             "train.pool_options",
             "pool options belong to each pool entry of grid.pool: {name: tmaxavg, options: {k: 2}}",
         )
@@ -419,106 +343,70 @@ def _parse_overrides(raw: Any, grid: Mapping[str, Any]) -> tuple[Override, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise _fail("overrides", f"expected a list of {{match: ..., set: ...}} entries, got {raw!r}")
+        raise fail("overrides", f"expected a list of {{match: ..., set: ...}} entries, got {raw!r}")
     keys = run_config_keys()
     out = []
     for i, item in enumerate(raw):
         where = f"overrides[{i}]"
-        item = _check_mapping(item, where)
+        item = check_mapping(item, where)
         unknown = sorted(set(item) - {"match", "set"})
         if unknown:
-            raise _fail(where, f"unknown key(s) {unknown}; an override has 'match' (optional) and 'set'")
-        match_raw = _check_mapping(item.get("match"), f"{where}.match")
-        _check_run_keys(match_raw, f"{where}.match", keys)
+            raise fail(where, f"unknown key(s) {unknown}; an override has 'match' (optional) and 'set'")
+        match_raw = check_mapping(item.get("match"), f"{where}.match")
+        check_keys(match_raw, f"{where}.match", keys)
         match: dict[str, list[Any]] = {}
         for key, value in match_raw.items():
-            values = _as_list(value)
+            values = as_list(value)
             names = _known_names(key)
             for v in values:
                 if names is not None and v not in names:
-                    raise _fail(
+                    raise fail(
                         f"{where}.match.{key}", f"unknown {key} {v!r}; valid names are: {', '.join(names)}"
                     )
             match[key] = values
         if "set" not in item:
-            raise _fail(where, "an override needs 'set' (the keys it changes)")
-        set_ = dict(_check_mapping(item["set"], f"{where}.set"))
+            raise fail(where, "an override needs 'set' (the keys it changes)")
+        set_ = dict(check_mapping(item["set"], f"{where}.set"))
         if not set_:
-            raise _fail(f"{where}.set", "an empty 'set' (give the keys this override changes)")
-        _check_run_keys(set_, f"{where}.set", keys)
+            raise fail(f"{where}.set", "an empty 'set' (give the keys this override changes)")
+        check_keys(set_, f"{where}.set", keys)
         for key in set_:
             if key in grid:
-                raise _fail(
+                raise fail(
                     f"{where}.set.{key}",
                     f"{key!r} is a grid axis; an override cannot change it "
                     "(restrict the axis instead, e.g. --set grid.{key}=[...])".replace("{key}", key),
                 )
             if key == "pool_options":
-                raise _fail(
-                    f"{where}.set.pool_options", "pool options belong to each pool entry of grid.pool"
-                )
+                raise fail(f"{where}.set.pool_options", "pool options belong to each pool entry of grid.pool")
         out.append(Override(match, set_))
     return tuple(out)
 
 
-def _parse_local(raw: Any) -> LocalOptions:
-    local = _check_mapping(raw, "local")
-    _check_run_keys(local, "local", ["workers"])
-    workers = local.get("workers", 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise _fail("local.workers", f"expected an integer >= 1, got {workers!r}")
-    return LocalOptions(workers=workers)
-
-
-def _parse_slurm(raw: Any) -> SlurmOptions:
-    slurm = dict(_check_mapping(raw, "slurm"))
-    _check_run_keys(slurm, "slurm", list(_SLURM_TYPES))
-    for key, value in slurm.items():
-        types = _SLURM_TYPES[key]
-        if value is None and SlurmOptions.__dataclass_fields__[key].default is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, types):
-            expected = " or ".join(t.__name__ for t in types)
-            raise _fail(f"slurm.{key}", f"expected {expected}, got {value!r}")
-        if types[0] in (int, float) and value <= 0:
-            raise _fail(f"slurm.{key}", f"expected a positive number, got {value!r}")
-    if "setup" in slurm:
-        if not all(isinstance(s, str) for s in slurm["setup"]):
-            raise _fail("slurm.setup", "expected a list of shell commands (strings)")
-        slurm["setup"] = tuple(slurm["setup"])
-    if "additional_parameters" in slurm:
-        slurm["additional_parameters"] = dict(slurm["additional_parameters"])
-    if slurm.get("cluster", "slurm") not in _SLURM_CLUSTERS:
-        raise _fail(
-            "slurm.cluster", f"expected one of {', '.join(_SLURM_CLUSTERS)}, got {slurm['cluster']!r}"
-        )
-    return SlurmOptions(**slurm)
-
-
 def _parse_sweep(doc: Any, default_name: str | None, *, allow_placeholders: bool) -> SweepConfig:
-    doc = _check_mapping(doc, "sweep")
+    doc = check_mapping(doc, "sweep")
     unknown = [k for k in doc if k not in SWEEP_KEYS]
     if unknown:
-        raise _fail(unknown[0], f"unknown top-level key; valid keys are: {', '.join(SWEEP_KEYS)}")
-    unresolved = _find_placeholders(doc)
+        raise fail(unknown[0], f"unknown top-level key; valid keys are: {', '.join(SWEEP_KEYS)}")
+    unresolved = find_placeholders(doc)
     if unresolved and not allow_placeholders:
-        raise _fail(unresolved[0][0], f"{_DATA_DIR_VAR} is not substituted (load the file with load_sweep)")
+        raise fail(unresolved[0][0], f"{DATA_DIR_VAR} is not substituted (load the file with load_sweep)")
     name = doc.get("name", default_name)
     if name is None:
-        raise _fail("name", "a sweep needs a name (name: my-sweep); it names the default output directory")
+        raise fail("name", "a sweep needs a name (name: my-sweep); it names the default output directory")
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise _fail("name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
+        raise fail("name", f"expected a name of letters, digits, '.', '_' or '-', got {name!r}")
     description = doc.get("description")
     if description is not None and not isinstance(description, str):
-        raise _fail("description", f"expected text, got {description!r}")
+        raise fail("description", f"expected text, got {description!r}")
     grid = _parse_grid(doc.get("grid"))
     return SweepConfig(
         name=name,
         grid=grid,
         train=_parse_train(doc.get("train"), grid),
         overrides=_parse_overrides(doc.get("overrides"), grid),
-        local=_parse_local(doc.get("local")),
-        slurm=_parse_slurm(doc.get("slurm")),
+        local=parse_local(doc.get("local")),
+        slurm=parse_slurm(doc.get("slurm")),
         description=description,
     )
 
@@ -536,163 +424,7 @@ def update_slurm(sweep: SweepConfig, changes: Mapping[str, Any]) -> SweepConfig:
         return sweep
     doc = sweep.slurm.to_yaml()
     doc.update(changes)
-    return dataclasses.replace(sweep, slurm=_parse_slurm(doc))
-
-
-_TIME_RE = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
-
-
-def parse_time_limit(text: str) -> int:
-    """A SLURM time limit in minutes (seconds round up): ``720``, ``90:00`` (minutes:seconds),
-    ``12:00:00`` (hours:minutes:seconds), ``1-00``, ``1-12:00`` or ``1-12:00:00`` (days-hours...).
-
-    Example:
-        >>> [parse_time_limit(t) for t in ("720", "12:00:00", "1-00", "1-06:30", "0:30")]
-        [720, 720, 1440, 1830, 1]
-    """
-    match = _TIME_RE.match(str(text).strip())
-    if not match:
-        raise SweepConfigError(
-            f"time limit {text!r}: expected minutes (720), HH:MM:SS (12:00:00) or D-HH[:MM[:SS]] (1-00)"
-        )
-    days, a, b, c = match.groups()
-    parts = [int(x) for x in (a, b, c) if x is not None]
-    if days is not None:
-        hours, minutes, seconds = [*parts, 0, 0][:3]
-        total = int(days) * 86400 + hours * 3600 + minutes * 60 + seconds
-    elif len(parts) == 1:
-        total = parts[0] * 60
-    elif len(parts) == 2:
-        total = parts[0] * 60 + parts[1]
-    else:
-        total = parts[0] * 3600 + parts[1] * 60 + parts[2]
-    minutes_total = -(-total // 60)
-    if minutes_total < 1:
-        raise SweepConfigError(f"time limit {text!r}: must be at least one minute")
-    return minutes_total
-
-
-# ----------------------------------------------------------------------------------------------------------
-# --set edits and ${data_dir}.
-
-
-def parse_set(items: Iterable[str]) -> list[tuple[str, Any]]:
-    """Parse ``KEY=VALUE`` strings; VALUE is read as YAML (``3``, ``0.1``, ``true``, ``[0, 1]``, text).
-
-    Example:
-        >>> parse_set(["epochs=2", "grid.seed=[0, 1]", "slurm.partition=gpu"])
-        [('epochs', 2), ('grid.seed', [0, 1]), ('slurm.partition', 'gpu')]
-    """
-    out = []
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SweepConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set epochs=2)")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise SweepConfigError(f"--set {item!r}: VALUE is not valid YAML ({exc})") from None
-        out.append((key, _yaml12_floats(value)))
-    return out
-
-
-def _yaml12_floats(value: Any) -> Any:
-    """Read ``1e-3`` as a float, as the sweep file's loader does (plain YAML 1.1 keeps it text)."""
-    from poolkit.train.config import yaml_scalar
-
-    if isinstance(value, list):
-        return [_yaml12_floats(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _yaml12_floats(v) for k, v in value.items()}
-    if isinstance(value, str):
-        parsed = yaml_scalar(value)
-        return parsed if isinstance(parsed, float) else value
-    return value
-
-
-def _apply_sets(doc: dict[str, Any], sets: Sequence[tuple[str, Any]]) -> dict[str, Any]:
-    """Apply ``--set`` edits to a raw sweep document (returns a new document).
-
-    ``section.key=value`` edits that section (``grid.seed=[0]``, ``train.epochs=2``,
-    ``slurm.partition=gpu``, ``local.workers=2``); ``name``/``description`` set the top-level value;
-    a bare run key that is a grid axis replaces the axis; any other bare run key is forced on every
-    run (appended as a last, match-all override, so it beats the file's overrides).
-    """
-    doc = copy.deepcopy(doc)
-    run_keys = run_config_keys()
-    for key, value in sets:
-        head, dot, rest = key.partition(".")
-        if dot:
-            if head not in ("grid", "train", "local", "slurm") or not rest or "." in rest:
-                raise SweepConfigError(
-                    f"--set {key}=...: a dotted key is SECTION.KEY with SECTION one of grid, train, local, "
-                    "slurm (e.g. --set grid.seed=[0] or --set slurm.partition=gpu)"
-                )
-            section = doc.get(head)
-            if section is None:
-                section = doc[head] = {}
-            if not isinstance(section, dict):
-                raise SweepConfigError(f"--set {key}=...: the file's {head!r} is not a mapping")
-            section[rest] = value
-        elif key in ("name", "description"):
-            doc[key] = value
-        elif key in run_keys:
-            grid = doc.get("grid") or {}
-            if isinstance(grid, dict) and key in grid:
-                grid[key] = value
-            else:
-                doc.setdefault("overrides", None)
-                doc["overrides"] = [*(doc["overrides"] or []), {"set": {key: value}}]
-        else:
-            raise SweepConfigError(
-                f"--set {key}=...: unknown key; use a run key ({', '.join(run_keys)}), name, description, "
-                "or SECTION.KEY with SECTION one of grid, train, local, slurm"
-            )
-    return doc
-
-
-def _find_placeholders(node: Any, where: str = "") -> list[tuple[str, str]]:
-    """``(location, text)`` of every string that contains ``${data_dir}``."""
-    found = []
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            found += _find_placeholders(v, f"{where}.{k}" if where else str(k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            found += _find_placeholders(v, f"{where}[{i}]")
-    elif isinstance(node, str) and _DATA_DIR_VAR in node:
-        found.append((where, node))
-    return found
-
-
-def _substitute(node: Any, data_dir: str) -> Any:
-    if isinstance(node, dict):
-        return {k: _substitute(v, data_dir) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_substitute(v, data_dir) for v in node]
-    if isinstance(node, str):
-        return node.replace(_DATA_DIR_VAR, data_dir)
-    return node
-
-
-def _missing_data_dir_message(doc: Mapping[str, Any], name: str, preset: str | None) -> str:
-    uses = []
-    for item in doc.get("overrides") or []:
-        if not isinstance(item, Mapping):
-            continue
-        for key, value in (item.get("set") or {}).items():
-            if isinstance(value, str) and _DATA_DIR_VAR in value:
-                match = item.get("match") or {}
-                scope = ", ".join(f"{k}={v}" for k, v in match.items()) or "every run"
-                uses.append(f"  {key} = {value}   (for {scope})")
-    for where, value in _find_placeholders({k: v for k, v in doc.items() if k != "overrides"}):
-        uses.append(f"  {where} = {value}")
-    command = f"poolkit reproduce --preset {preset}" if preset else "poolkit sweep CONFIG"
-    return (
-        f"sweep {name!r} needs the data root: pass --data-dir DIR (e.g. `{command} --data-dir /data`). "
-        f"The sweep reads:\n" + "\n".join(uses) + "\nwith ${data_dir} replaced by DIR."
-    )
+    return dataclasses.replace(sweep, slurm=parse_slurm(doc))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -747,12 +479,12 @@ def load_sweep(
         doc, default_name = _read_yaml(path), path.stem
     if not isinstance(doc, dict):
         raise SweepConfigError(f"a sweep file holds a mapping (name:, grid:, ...), got {type(doc).__name__}")
-    doc = _apply_sets(doc, parse_set(sets))
-    if _find_placeholders(doc):
+    doc = apply_sets(doc, parse_set(sets))
+    if find_placeholders(doc):
         if data_dir is not None:
-            doc = _substitute(doc, str(Path(data_dir).expanduser()))
+            doc = substitute(doc, str(Path(data_dir).expanduser()))
         elif not allow_missing_data_dir:
-            raise SweepConfigError(_missing_data_dir_message(doc, doc.get("name", default_name), _preset))
+            raise SweepConfigError(missing_data_dir_message(doc, doc.get("name", default_name), _preset))
     elif data_dir is not None:
         # The file does not use ${data_dir}: the flag is the default data directory of every run
         # (the lowest-precedence place, so the file's overrides still choose per dataset).

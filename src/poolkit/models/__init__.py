@@ -13,24 +13,39 @@ Where the ``pool`` goes:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
 from poolkit.models.common import ClassifierHead, check_width, scale_width
 from poolkit.models.resnet import RESNET_BLOCKS, BasicBlock, ResNet, resnet18, resnet34
+from poolkit.models.specs import (
+    FAMILIES,
+    HEADS,
+    STEMS,
+    ModelSpec,
+    PoolSites,
+    families_with,
+    get_model_spec,
+    list_models,
+)
 from poolkit.models.vgg import VGG, VGG_STAGES, vgg11, vgg13, vgg16, vgg19
 from poolkit.registry import PoolFactory
 
 __all__ = [
+    "FAMILIES",
+    "HEADS",
     "RESNET_BLOCKS",
+    "STEMS",
     "VGG",
     "VGG_STAGES",
     "BasicBlock",
     "ClassifierHead",
+    "ModelSpec",
+    "PoolSites",
     "ResNet",
     "create_model",
+    "get_model_spec",
     "list_models",
     "pool_geometry",
     "resnet18",
@@ -42,45 +57,19 @@ __all__ = [
     "vgg19",
 ]
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "vgg11": vgg11,
-    "vgg13": vgg13,
-    "vgg16": vgg16,
-    "vgg19": vgg19,
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-}
-
-
-def list_models() -> list[str]:
-    """Every model name :func:`create_model` accepts, sorted.
-
-    Example:
-        >>> list_models()
-        ['resnet18', 'resnet34', 'vgg11', 'vgg13', 'vgg16', 'vgg19']
-    """
-    return sorted(_MODELS)
-
-
-def _check_model(name: str) -> None:
-    if not isinstance(name, str) or name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid models are: {', '.join(list_models())}")
-
 
 def pool_geometry(name: str, stem: str = "cifar") -> tuple[int, int, int] | None:
     """``(kernel_size, stride, padding)`` of the downsampling pools of a model, or None if it has none.
 
     Lets a caller check pool options against the window they will really get (e.g. ``k`` of a top-k
-    method must fit in the window) without building the model.
+    method must fit in the window) without building the model. ``ValueError`` for a stem the model
+    does not take.
 
     Example:
         >>> pool_geometry("vgg16"), pool_geometry("resnet18", "imagenet"), pool_geometry("resnet18")
         ((2, 2, 0), (3, 2, 1), None)
     """
-    _check_model(name)
-    if name.startswith("vgg"):
-        return (2, 2, 0)
-    return (3, 2, 1) if stem == "imagenet" else None
+    return get_model_spec(name).sites(stem).geometry
 
 
 def create_model(
@@ -124,7 +113,7 @@ def create_model(
         >>> sum(p.numel() for p in create_model("vgg16", 100).parameters())
         14774436
     """
-    _check_model(name)
+    spec = get_model_spec(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
@@ -132,15 +121,19 @@ def create_model(
             f"in_channels must be a positive int (3 for RGB, 1 for grayscale), got {in_channels!r}"
         )
     check_width(width)
-    if head not in ("linear", "mlp"):
-        raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
-    if stem not in ("cifar", "imagenet"):
-        raise ValueError(f"stem must be 'cifar' or 'imagenet', got {stem!r}")
+    if head not in HEADS:
+        raise ValueError(f"head must be {' or '.join(map(repr, HEADS))}, got {head!r}")
+    if stem not in STEMS:
+        raise ValueError(f"stem must be {' or '.join(map(repr, STEMS))}, got {stem!r}")
+    if head not in spec.heads:
+        raise ValueError(
+            f"head={head!r} applies to {' and '.join(families_with(head=head))} only; {name} always has a "
+            f"{spec.heads[0]} head"
+        )
+    spec.sites(stem)  # ValueError for a stem the model does not take
     common = {"pool": pool, "width": width, "in_channels": in_channels, "global_pool": global_pool}
-    if name.startswith("vgg"):
-        if stem != "cifar":
-            raise ValueError(f"stem={stem!r} applies to ResNets only; {name} has no stem (use stem='cifar')")
-        return _MODELS[name](num_classes, head=head, pool_options=pool_options, **common)
-    if head != "linear":
-        raise ValueError(f"head={head!r} applies to VGG only; {name} always has a linear head")
-    return _MODELS[name](num_classes, stem=stem, pool_options=pool_options, **common)
+    if len(spec.heads) > 1:
+        common["head"] = head
+    if len(spec.stems) > 1:
+        common["stem"] = stem
+    return spec.builder(num_classes, pool_options=pool_options, **common)

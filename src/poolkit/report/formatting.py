@@ -7,6 +7,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from poolkit.models import FAMILIES, ModelSpec, get_model_spec
 from poolkit.registry import STUDY_METHODS
 from poolkit.report.runs import options_label
 from poolkit.report.stats import PairedComparison
@@ -33,14 +34,6 @@ __all__ = [
 STUDY_ORDER = STUDY_METHODS
 BASELINE = "max"
 
-_DATASET_TITLES = {
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "tinyimagenet": "Tiny ImageNet",
-    "mnist5k": "MNIST-5k",
-    "synthetic": "Synthetic",
-    "imagefolder": "ImageFolder",
-}
 _DATASET_ORDER = ("cifar10", "cifar100", "tinyimagenet")
 
 #: What the learned values of the adaptive methods mean, for table captions and axis labels.
@@ -70,33 +63,44 @@ def method_title(pool: str, options: dict[str, Any] | None = None) -> str:
 
 
 def model_title(model: str) -> str:
-    """``vgg16`` -> ``VGG16``, ``resnet18`` -> ``ResNet18``."""
-    if model.startswith("vgg"):
-        return "VGG" + model[3:]
-    if model.startswith("resnet"):
-        return "ResNet" + model[6:]
-    return model
+    """The registry's ``ModelSpec.title`` (``vgg16`` -> ``VGG16``, ``resnet18`` -> ``ResNet18``); a model
+    this poolkit does not know keeps its name."""
+    spec = _model_spec(model)
+    return spec.title if spec else model
 
 
 def model_family(model: str) -> str:
-    """``vgg``, ``resnet`` or the model's own name: what Figure 3 compares."""
-    for family in ("vgg", "resnet"):
-        if model.startswith(family):
-            return family
-    return model
+    """``vgg``, ``resnet`` (the registry's ``ModelSpec.family``) or the model's own name: what Figure 3
+    compares."""
+    spec = _model_spec(model)
+    return spec.family if spec else model
 
 
 def model_order(model: str) -> tuple[int, int, str]:
-    """Sort key: VGG before ResNet (the study's order), then by depth (vgg11 < vgg16 < vgg19)."""
-    family = model_family(model)
-    rank = {"vgg": 0, "resnet": 1}.get(family, 2)
-    digits = model[len(family) :]
-    return (rank, int(digits) if digits.isdigit() else 0, model)
+    """Sort key: VGG before ResNet (the study's order, ``poolkit.models.FAMILIES``), then by depth
+    (vgg11 < vgg16 < vgg19); unknown models last."""
+    spec = _model_spec(model)
+    if spec is None:
+        return (len(FAMILIES), 0, model)
+    return (FAMILIES.index(spec.family), spec.depth, model)
+
+
+def _model_spec(model: str) -> ModelSpec | None:
+    try:
+        return get_model_spec(model)
+    except ValueError:
+        return None
 
 
 def dataset_title(dataset: str) -> str:
-    """``cifar100`` -> ``CIFAR-100``; unknown names are kept as they are."""
-    return _DATASET_TITLES.get(dataset, dataset)
+    """The registry's ``DatasetInfo.title`` (``cifar100`` -> ``CIFAR-100``); unknown names are kept as
+    they are."""
+    from poolkit.data import dataset_info
+
+    try:
+        return dataset_info(dataset).title
+    except ValueError:
+        return dataset
 
 
 def method_order(pool: str) -> tuple[int, str]:

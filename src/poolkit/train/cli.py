@@ -33,11 +33,13 @@ import yaml
 from poolkit.errors import is_user_error
 from poolkit.tracking.sinks import LOGGERS
 from poolkit.train.config import RunConfig, load_config_file, yaml_scalar
+from poolkit.train.fields import KINDS, run_keys
 
 __all__ = [
     "EXIT_BUSY",
     "EXIT_DIVERGED",
     "add_arguments",
+    "add_run_config_flags",
     "build_parser",
     "config_from_args",
     "launch_processes",
@@ -50,70 +52,6 @@ EXIT_BUSY = 75
 #: Exit status when the run diverged (its training loss became NaN or infinite).
 EXIT_DIVERGED = 3
 
-# (flag, key, type, help) for every RunConfig key with a value; booleans get --flag/--no-flag.
-_VALUE_FLAGS: list[tuple[str, str, Any, str]] = [
-    (
-        "--dataset",
-        "dataset",
-        str,
-        "dataset name: cifar10, cifar100, tinyimagenet, imagefolder, mnist5k, synthetic",
-    ),
-    (
-        "--data-dir",
-        "data_dir",
-        str,
-        "folder with the dataset files (cifar10/cifar100/tinyimagenet/imagefolder)",
-    ),
-    ("--model", "model", str, "vgg11, vgg13, vgg16, vgg19, resnet18 or resnet34 (default vgg16)"),
-    ("--pool", "pool", str, "downsampling pool method, a name from `poolkit.list_pools()` (default max)"),
-    ("--global-pool", "global_pool", str, "the head's global pool method (default avg)"),
-    ("--head", "head", str, "linear (global pool + Linear, default) or mlp (VGG's 4096-4096 classifier)"),
-    ("--stem", "stem", str, "ResNet stem: cifar (no pool, default) or imagenet (7x7 conv + the pool)"),
-    ("--width", "width", float, "multiplies every channel count (default 1.0)"),
-    ("--epochs", "epochs", int, "number of epochs (default 200)"),
-    ("--batch-size", "batch_size", int, "global batch size, split across torchrun processes (default 128)"),
-    ("--lr", "lr", float, "peak learning rate of the cosine schedule (default 0.1)"),
-    ("--momentum", "momentum", float, "SGD momentum (default 0.9)"),
-    ("--weight-decay", "weight_decay", float, "SGD weight decay (default 5e-4)"),
-    (
-        "--pool-weight-decay",
-        "pool_weight_decay",
-        float,
-        "weight decay of the pooling layers' parameters (GeM p, T, mixing weights; default 0: not decayed)",
-    ),
-    ("--warmup-epochs", "warmup_epochs", int, "epochs of linear warm-up before the cosine decay (default 0)"),
-    ("--label-smoothing", "label_smoothing", float, "cross-entropy label smoothing in [0, 1) (default 0)"),
-    (
-        "--amp-dtype",
-        "amp_dtype",
-        str,
-        "float16 (with GradScaler) or bfloat16, for --amp on CUDA (default float16)",
-    ),
-    ("--device", "device", str, "auto (default), cpu, cuda or cuda:N"),
-    (
-        "--seed",
-        "seed",
-        int,
-        "seed of initialisation, data order, augmentation and stochastic pools (default 0)",
-    ),
-    ("--val-fraction", "val_fraction", float, "fraction of train held out as a validation split, [0, 0.5]"),
-    ("--threads", "threads", int, "torch CPU threads for this run (default: leave as is)"),
-]
-_BOOL_FLAGS: list[tuple[str, str, str]] = [
-    ("--download", "download", "download cifar10/cifar100 into --data-dir when missing (needs a network)"),
-    ("--nesterov", "nesterov", "Nesterov momentum"),
-    ("--amp", "amp", "mixed precision: CUDA float16/bfloat16 autocast, CPU bfloat16 autocast"),
-    ("--channels-last", "channels_last", "channels_last memory format for the model and inputs"),
-    ("--compile", "compile", "torch.compile the model"),
-    (
-        "--sync-bn",
-        "sync_bn",
-        "BatchNorm statistics over the global batch in multi-process runs (SyncBatchNorm; a single process "
-        "ignores it); part of the run id when on",
-    ),
-    ("--shift-eval", "shift_eval", "run the translation-invariance probe at the end (writes shift.json)"),
-]
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every ``poolkit train`` flag to ``parser``: unset flags fall back to --config, then defaults."""
@@ -124,20 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, metavar="RUN_DIR", help="the run directory to write (created)"
     )
-    for flag, key, kind, text in _VALUE_FLAGS:
-        parser.add_argument(flag, dest=key, type=kind, default=None, metavar=key.upper(), help=text)
-    parser.add_argument(
-        "--pool-opt", dest="pool_opt", action="append", default=[], metavar="KEY=VALUE",
-        help="an option of the pool method, e.g. --pool-opt k=2 --pool-opt threshold=0.3 "
-        "(repeatable; values are YAML scalars; see `poolkit.registry.pool_options(name)`)",
-    )  # fmt: skip
-    for flag, key, text in _BOOL_FLAGS:
-        parser.add_argument(flag, dest=key, action=argparse.BooleanOptionalAction, default=None, help=text)
-    parser.add_argument(
-        "--logger", dest="loggers", action="append", default=None, choices=sorted(LOGGERS),
-        help="also log the run to TensorBoard (RUN_DIR/tensorboard/) or MLflow (MLFLOW_TRACKING_URI, else "
-        "sqlite:///<runs dir>/mlflow.db); repeatable; needs pip install \"poolkit[tracking]\"",
-    )  # fmt: skip
+    add_run_config_flags(parser)
     parser.add_argument(
         "--resume", action="store_true", help="continue an interrupted run from RUN_DIR/checkpoint.pt"
     )
@@ -148,6 +73,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "with torchrun's launcher (torch.distributed.run --standalone); --batch-size stays the global "
         "batch and must be divisible by N. Multi-node: use torchrun or --launcher slurm instead",
     )  # fmt: skip
+
+
+def add_run_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`RunConfig` key, generated from the key's metadata (:mod:`poolkit.train.fields`):
+    ``--flag VALUE`` of the key's type, ``--flag/--no-flag`` for booleans, repeatable ``--pool-opt
+    KEY=VALUE`` and ``--logger NAME``. Every default is None: an unset flag leaves the key to --config."""
+    for name, spec in run_keys(RunConfig):
+        if spec.kind == "bool":
+            parser.add_argument(
+                spec.flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=spec.help
+            )
+        elif spec.kind == "options":
+            parser.add_argument(
+                spec.flag, dest="pool_opt", action="append", default=[], metavar="KEY=VALUE", help=spec.help
+            )
+        elif spec.kind == "loggers":
+            parser.add_argument(
+                spec.flag, dest=name, action="append", default=None, choices=sorted(LOGGERS), help=spec.help
+            )
+        else:
+            kind = KINDS[spec.kind].cli_type
+            parser.add_argument(
+                spec.flag, dest=name, type=kind, default=None, metavar=name.upper(), help=spec.help
+            )
 
 
 def positive_int(text: str) -> int:
@@ -175,12 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """The validated :class:`RunConfig` of parsed arguments: --config file, then flags on top."""
     data: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for key in [k for _, k, *_ in _VALUE_FLAGS] + [k for _, k, _ in _BOOL_FLAGS]:
-        value = getattr(args, key, None)
-        if value is not None:
-            data[key] = value
-    if getattr(args, "loggers", None):
-        data["loggers"] = list(args.loggers)
+    for name, spec in run_keys(RunConfig):
+        value = getattr(args, name, None)
+        if spec.kind == "loggers" and value:
+            data[name] = list(value)
+        elif spec.kind not in ("loggers", "options") and value is not None:
+            data[name] = value
     if args.pool_opt:
         options = dict(data.get("pool_options") or {})
         for item in args.pool_opt:

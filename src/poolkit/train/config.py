@@ -12,21 +12,19 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import yaml
 
-__all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
+from poolkit.models.specs import HEADS, STEMS, list_models
+from poolkit.train.fields import key_metadata, run_field, run_keys, validate
 
-#: Keys that do not change what a run computes; they are left out of :meth:`RunConfig.run_id`, so the
-#: same run is found again on another machine, another path or another number of threads.
-NON_RESULT_KEYS: frozenset[str] = frozenset({"data_dir", "download", "device", "threads", "loggers"})
+__all__ = ["NON_RESULT_KEYS", "RunConfig", "load_config_file", "yaml_scalar"]
 
 #: Keys added after the first release, each with the value that reproduces what runs computed before the
 #: key existed (a function of the config). A key is left out of :meth:`RunConfig.run_id` while it has that
@@ -87,12 +85,16 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def _list_datasets() -> list[str]:
+    from poolkit.data import list_datasets
+
+    return list(list_datasets())
 
 
-def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+def _list_pools() -> list[str]:
+    from poolkit import list_pools
+
+    return list_pools()
 
 
 @dataclass(frozen=True)
@@ -109,47 +111,225 @@ class RunConfig:
         (0.1, 'avg', 10)
     """
 
-    dataset: str
-    data_dir: str | None = None
-    download: bool = False
-    model: str = "vgg16"
-    pool: str = "max"
-    pool_options: dict[str, Any] = field(default_factory=dict)
-    global_pool: str = "avg"
-    head: str = "linear"
-    stem: str = "cifar"
-    width: float = 1.0
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    pool_weight_decay: float = 0.0
-    nesterov: bool = False
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    amp: bool = False
-    amp_dtype: str = "float16"
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    device: str = "auto"
-    seed: int = 0
-    val_fraction: float = 0.0
-    shift_eval: bool = False
-    threads: int | None = None
-    loggers: list[str] = field(default_factory=list)
-
-    _BOOL_KEYS: ClassVar[tuple[str, ...]] = (
-        "download", "nesterov", "amp", "channels_last", "compile", "sync_bn", "shift_eval",
+    dataset: str = run_field(
+        kind="str",
+        names=_list_datasets,
+        help="dataset name: cifar10, cifar100, tinyimagenet, imagefolder, mnist5k, synthetic",
+        doc="`cifar10`, `cifar100`, `tinyimagenet`, `imagefolder`, `mnist5k`, `synthetic`",
+    )
+    data_dir: str | None = run_field(
+        None,
+        kind="path",
+        nullable=True,
+        result=False,
+        help="folder with the dataset files (cifar10/cifar100/tinyimagenet/imagefolder)",
+        doc="required by cifar10, cifar100, tinyimagenet, imagefolder",
+    )
+    download: bool = run_field(
+        False,
+        kind="bool",
+        result=False,
+        help="download cifar10/cifar100 into --data-dir when missing (needs a network)",
+        doc="cifar10/cifar100: fetch the archive when missing",
+    )
+    model: str = run_field(
+        "vgg16",
+        kind="str",
+        names=list_models,
+        help=f"{', '.join(list_models()[:-1])} or {list_models()[-1]} (default vgg16)",
+        doc="a name from `list_models()`",
+    )
+    pool: str = run_field(
+        "max",
+        kind="str",
+        names=_list_pools,
+        help="downsampling pool method, a name from `poolkit.list_pools()` (default max)",
+        doc="a name from `poolkit.list_pools()`",
+    )
+    pool_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata=key_metadata(
+            kind="options",
+            grid=False,
+            flag="--pool-opt",
+            help="an option of the pool method, e.g. --pool-opt k=2 --pool-opt threshold=0.3 "
+            "(repeatable; values are YAML scalars; see `poolkit.registry.pool_options(name)`)",
+            doc="the method's own options, checked against `poolkit.registry.pool_options(pool)` and by "
+            "building one pool with the model's real window",
+            doc_flag="`--pool-opt KEY=VALUE`, repeatable, YAML scalars",
+        ),
+    )
+    global_pool: str = run_field(
+        "avg", kind="str", help="the head's global pool method (default avg)", doc="the head's global pool"
+    )
+    head: str = run_field(
+        "linear",
+        kind="str",
+        choices=HEADS,
+        help="linear (global pool + Linear, default) or mlp (VGG's 4096-4096 classifier)",
+        doc="`linear` or `mlp` (VGG only)",
+    )
+    stem: str = run_field(
+        "cifar",
+        kind="str",
+        choices=STEMS,
+        help="ResNet stem: cifar (no pool, default) or imagenet (7x7 conv + the pool)",
+        doc="`cifar` or `imagenet` (ResNet only)",
+    )
+    width: float = run_field(
+        1.0,
+        kind="float",
+        check=lambda v, c: v > 0,
+        allowed="> 0 (1.0 = the standard network)",
+        help="multiplies every channel count (default 1.0)",
+        doc="> 0, channel multiplier",
+    )
+    epochs: int = run_field(
+        200, kind="int", check=lambda v, c: v >= 1, allowed=">= 1", help="number of epochs (default 200)",
+        doc=">= 1",
     )  # fmt: skip
-    _FLOAT_KEYS: ClassVar[tuple[str, ...]] = (
-        "width", "lr", "momentum", "weight_decay", "pool_weight_decay", "label_smoothing", "val_fraction",
+    batch_size: int = run_field(
+        128,
+        kind="int",
+        check=lambda v, c: v >= 1,
+        allowed=">= 1",
+        help="global batch size, split across torchrun processes (default 128)",
+        doc=">= 1, the global batch",
+    )
+    lr: float = run_field(
+        0.1,
+        kind="float",
+        check=lambda v, c: v > 0,
+        allowed="> 0",
+        help="peak learning rate of the cosine schedule (default 0.1)",
+        doc="> 0, peak learning rate",
+    )
+    momentum: float = run_field(
+        0.9, kind="float", check=lambda v, c: 0 <= v < 1, allowed="in [0, 1)", doc="in [0, 1)",
+        help="SGD momentum (default 0.9)",
     )  # fmt: skip
-    _INT_KEYS: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "warmup_epochs", "seed")
-    _STR_KEYS: ClassVar[tuple[str, ...]] = (
-        "dataset", "model", "pool", "global_pool", "head", "stem", "amp_dtype", "device",
-    )  # fmt: skip
+    weight_decay: float = run_field(
+        5e-4,
+        kind="float",
+        check=lambda v, c: v >= 0,
+        allowed=">= 0",
+        help="SGD weight decay (default 5e-4)",
+        doc=">= 0, of every parameter that is not a pooling parameter",
+    )
+    pool_weight_decay: float = run_field(
+        0.0,
+        kind="float",
+        check=lambda v, c: v >= 0,
+        allowed=">= 0 (0 = pooling parameters not decayed)",
+        help="weight decay of the pooling layers' parameters (GeM p, T, mixing weights; default 0: not "
+        "decayed)",
+        doc=">= 0, of the pooling layers' parameters; 0 = not decayed (see the protocol)",
+    )
+    nesterov: bool = run_field(
+        False,
+        kind="bool",
+        check=lambda v, c: not (v and c.momentum == 0),
+        allowed="false when momentum is 0",
+        help="Nesterov momentum",
+        doc="needs momentum > 0",
+    )
+    warmup_epochs: int = run_field(
+        0,
+        kind="int",
+        check=lambda v, c: 0 <= v < c.epochs,
+        allowed="in [0, epochs) = [0, {epochs})",
+        help="epochs of linear warm-up before the cosine decay (default 0)",
+        doc="in [0, epochs): linear warm-up before the cosine",
+    )
+    label_smoothing: float = run_field(
+        0.0,
+        kind="float",
+        check=lambda v, c: 0 <= v < 1,
+        allowed="in [0, 1)",
+        help="cross-entropy label smoothing in [0, 1) (default 0)",
+        doc="in [0, 1)",
+    )
+    amp: bool = run_field(
+        False,
+        kind="bool",
+        help="mixed precision: CUDA float16/bfloat16 autocast, CPU bfloat16 autocast",
+        doc="mixed precision",
+    )
+    amp_dtype: str = run_field(
+        "float16",
+        kind="str",
+        choices=("float16", "bfloat16"),
+        help="float16 (with GradScaler) or bfloat16, for --amp on CUDA (default float16)",
+        doc="`float16` or `bfloat16`; CUDA only, CPU AMP is always bfloat16",
+    )
+    channels_last: bool = run_field(
+        False,
+        kind="bool",
+        help="channels_last memory format for the model and inputs",
+        doc="channels_last model and batches",
+    )
+    compile: bool = run_field(
+        False, kind="bool", help="torch.compile the model", doc="`torch.compile` the model"
+    )
+    sync_bn: bool = run_field(
+        False,
+        kind="bool",
+        help="BatchNorm statistics over the global batch in multi-process runs (SyncBatchNorm; a single "
+        "process ignores it); part of the run id when on",
+        doc="BatchNorm statistics over the global batch in multi-process runs: `torch.nn.SyncBatchNorm` on "
+        "GPUs, poolkit's `CpuSyncBatchNorm` on CPU (Gloo); a single process ignores it",
+    )
+    device: str = run_field(
+        "auto",
+        kind="str",
+        result=False,
+        check=lambda v, c: bool(_DEVICE.match(v)),
+        allowed="one of: auto, cpu, cuda, cuda:N",
+        help="auto (default), cpu, cuda or cuda:N",
+        doc="`auto` (CUDA when available), `cpu`, `cuda`, `cuda:N`",
+    )
+    seed: int = run_field(
+        0,
+        kind="int",
+        check=lambda v, c: 0 <= v < 2**32,
+        allowed="in [0, 2**32)",
+        help="seed of initialisation, data order, augmentation and stochastic pools (default 0)",
+        doc="in [0, 2^32): initialisation, data order, augmentation, stochastic pools, validation split",
+    )
+    val_fraction: float = run_field(
+        0.0,
+        kind="float",
+        check=lambda v, c: 0 <= v <= 0.5,
+        allowed="in [0, 0.5]",
+        help="fraction of train held out as a validation split, [0, 0.5]",
+        doc="in [0, 0.5]: stratified validation split held out of train",
+    )
+    shift_eval: bool = run_field(
+        False,
+        kind="bool",
+        help="run the translation-invariance probe at the end (writes shift.json)",
+        doc="run the translation-invariance probe after training",
+    )
+    threads: int | None = run_field(
+        None,
+        kind="count",
+        nullable=True,
+        result=False,
+        help="torch CPU threads for this run (default: leave as is)",
+        doc="`torch.set_num_threads` during the run, restored afterwards; null leaves it",
+    )
+    loggers: list[str] = field(
+        default_factory=list,
+        metadata=key_metadata(
+            kind="loggers",
+            result=False,
+            flag="--logger",
+            help="also log the run to TensorBoard (RUN_DIR/tensorboard/) or MLflow (MLFLOW_TRACKING_URI, "
+            'else sqlite:///<runs dir>/mlflow.db); repeatable; needs pip install "poolkit[tracking]"',
+            doc="also log the run to `tensorboard` and/or `mlflow`",
+            doc_flag='`--logger NAME`, repeatable; needs `pip install "poolkit[tracking]"`; see Tracking',
+        ),
+    )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -206,101 +386,18 @@ class RunConfig:
         return cls.from_dict(filled)
 
     def __post_init__(self) -> None:
-        for key in self._STR_KEYS:
-            self._expect(key, isinstance(getattr(self, key), str), "a string")
-        for key in self._BOOL_KEYS:
-            self._expect(key, isinstance(getattr(self, key), bool), "true or false")
-        for key in self._INT_KEYS:
-            self._expect(key, _is_int(getattr(self, key)), "an integer")
-        for key in self._FLOAT_KEYS:
-            value = getattr(self, key)
-            if isinstance(value, str) and _parses_as_float(value):
-                raise ValueError(
-                    f"RunConfig: {key} must be a number, got the string {value!r}; in YAML 1.1 a float needs "
-                    f"a dot (write {float(value)!r}) or read the file with poolkit.train.load_config_file"
-                )
-            self._expect(key, _is_number(value), "a finite number")
-            object.__setattr__(self, key, float(value))
-        if self.data_dir is not None:
-            self._expect("data_dir", isinstance(self.data_dir, (str, os.PathLike)), "a path or null")
-            object.__setattr__(self, "data_dir", os.fspath(self.data_dir))
-        if self.threads is not None:
-            self._expect("threads", _is_int(self.threads) and self.threads >= 1, "a positive integer or null")
-        self._check_loggers()
-        self._expect(
-            "pool_options", isinstance(self.pool_options, Mapping), "a mapping of option names to values"
-        )
-        object.__setattr__(self, "pool_options", dict(self.pool_options))
-        try:
-            json.dumps(self.pool_options, allow_nan=False)
-            ok = all(isinstance(k, str) for k in self.pool_options)
-        except (TypeError, ValueError):
-            ok = False
-        self._expect(
-            "pool_options", ok, "a mapping of option names to plain values (numbers, strings, booleans)"
-        )
-        self._check_ranges()
-        self._check_names()
+        validate(self)  # every key's kind, then its choices, range and name (the Key in its field's metadata)
+        self._check_rules()
 
-    def _check_loggers(self) -> None:
-        from poolkit.tracking.sinks import LOGGERS  # names only: imports neither TensorBoard nor MLflow
-
-        loggers = self.loggers
-        if isinstance(loggers, str):
-            loggers = [loggers]
-        valid = ", ".join(sorted(LOGGERS))
-        self._expect(
-            "loggers",
-            isinstance(loggers, (list, tuple)) and all(isinstance(n, str) for n in loggers),
-            f"a list of logger names ({valid})",
-        )
-        unknown = [n for n in loggers if n not in LOGGERS]
-        if unknown:
-            raise ValueError(
-                f"RunConfig: unknown logger(s) {', '.join(map(repr, unknown))}; choose from: {valid}"
-            )
-        object.__setattr__(self, "loggers", list(dict.fromkeys(loggers)))
-
-    def _expect(self, key: str, ok: bool, expected: str) -> None:
-        if not ok:
-            value = getattr(self, key)
-            raise ValueError(f"RunConfig: {key} must be {expected}, got {value!r} ({_type_name(value)})")
-
-    def _check_ranges(self) -> None:
-        checks = [
-            ("width", self.width > 0, "> 0 (1.0 = the standard network)"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("batch_size", self.batch_size >= 1, ">= 1"),
-            ("lr", self.lr > 0, "> 0"),
-            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("pool_weight_decay", self.pool_weight_decay >= 0, ">= 0 (0 = pooling parameters not decayed)"),
-            ("warmup_epochs", 0 <= self.warmup_epochs < self.epochs, f"in [0, epochs) = [0, {self.epochs})"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("val_fraction", 0 <= self.val_fraction <= 0.5, "in [0, 0.5]"),
-            ("seed", 0 <= self.seed < 2**32, "in [0, 2**32)"),
-            ("nesterov", not (self.nesterov and self.momentum == 0), "false when momentum is 0"),
-            ("head", self.head in ("linear", "mlp"), "one of: linear, mlp"),
-            ("stem", self.stem in ("cifar", "imagenet"), "one of: cifar, imagenet"),
-            ("amp_dtype", self.amp_dtype in ("float16", "bfloat16"), "one of: float16, bfloat16"),
-            ("device", bool(_DEVICE.match(self.device)), "one of: auto, cpu, cuda, cuda:N"),
-        ]  # fmt: skip
-        for key, ok, allowed in checks:
-            if not ok:
-                raise ValueError(f"RunConfig: {key} must be {allowed}, got {getattr(self, key)!r}")
-
-    def _check_names(self) -> None:
+    def _check_rules(self) -> None:
+        """The rules between keys and registries: a dataset's data_dir, a model's heads and stems, the
+        global pool, the pool's options (checked by building one pool with the model's real window)."""
         import poolkit
-        from poolkit.models import list_models, pool_geometry
+        from poolkit.data import dataset_info
+        from poolkit.models import families_with, get_model_spec
         from poolkit.models.common import scale_width
 
         datasets = _list_datasets()
-        if self.dataset not in datasets:
-            raise ValueError(
-                f"RunConfig: unknown dataset {self.dataset!r}; valid datasets are: {', '.join(datasets)}"
-            )
-        from poolkit.data import dataset_info
-
         info = dataset_info(self.dataset)
         if info.needs_data_dir and self.data_dir is None:
             raise ValueError(
@@ -309,20 +406,18 @@ class RunConfig:
         if self.download and not info.downloadable:
             downloadable = ", ".join(d for d in datasets if dataset_info(d).downloadable)
             raise ValueError(f"RunConfig: download applies to {downloadable}, not {self.dataset!r}")
-        if self.model not in list_models():
+        spec = get_model_spec(self.model)
+        if self.head not in spec.heads:
             raise ValueError(
-                f"RunConfig: unknown model {self.model!r}; valid models are: {', '.join(list_models())}"
+                f"RunConfig: head {self.head!r} applies to {' and '.join(families_with(head=self.head))} "
+                f"models only, not {self.model!r}; use {spec.heads[0]!r}"
             )
-        is_vgg = self.model.startswith("vgg")
-        if self.head == "mlp" and not is_vgg:
+        if self.stem not in spec.stems:
             raise ValueError(
-                f"RunConfig: head 'mlp' applies to VGG models only, not {self.model!r}; use 'linear'"
+                f"RunConfig: stem {self.stem!r} applies to {' and '.join(families_with(stem=self.stem))} "
+                f"models only, not {self.model!r}"
             )
-        if self.stem == "imagenet" and is_vgg:
-            raise ValueError(f"RunConfig: stem 'imagenet' applies to ResNet models only, not {self.model!r}")
         pools = poolkit.list_pools()
-        if self.pool not in pools:
-            raise ValueError(f"RunConfig: unknown pool {self.pool!r}; valid pools are: {', '.join(pools)}")
         global_pools = [p for p in pools if poolkit.get_pool_spec(p).supports_global]
         if self.global_pool not in global_pools:
             raise ValueError(
@@ -337,7 +432,7 @@ class RunConfig:
                 f"RunConfig: unknown pool_options {unknown} for pool {self.pool!r}; its options are: {listed}"
             )
         # Values are checked by building one pool with the window the model will really use.
-        kernel, stride, padding = pool_geometry(self.model, self.stem) or (2, 2, 0)
+        kernel, stride, padding = spec.sites(self.stem).geometry or (2, 2, 0)
         import torch
 
         with torch.random.fork_rng(devices=[]):
@@ -383,15 +478,7 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-def _parses_as_float(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
-def _list_datasets() -> list[str]:
-    from poolkit.data import list_datasets
-
-    return list(list_datasets())
+#: Keys that do not change what a run computes (``Key.result`` false); they are left out of
+#: :meth:`RunConfig.run_id`, so the same run is found again on another machine, another path or another
+#: number of threads.
+NON_RESULT_KEYS: frozenset[str] = frozenset(name for name, spec in run_keys(RunConfig) if not spec.result)

@@ -27,8 +27,8 @@ from typing import Any, TextIO
 
 import submitit
 
-from poolkit.experiments.config import SlurmOptions
 from poolkit.experiments.grid import RunSpec
+from poolkit.experiments.launch_options import SlurmOptions
 from poolkit.experiments.launchers import LaunchOutcome, SweepProgress
 from poolkit.experiments.runner import (
     LauncherError,
@@ -115,7 +115,7 @@ def slurm_parameters(options: SlurmOptions, job_name: str) -> dict[str, Any]:
     """The keyword arguments for ``submitit.AutoExecutor.update_parameters`` of a sweep's job array.
 
     Example:
-        >>> from poolkit.experiments.config import SlurmOptions
+        >>> from poolkit.experiments.launch_options import SlurmOptions
         >>> options = SlurmOptions(partition="gpu", gpus_per_node=1, account="lab")
         >>> p = slurm_parameters(options, "poolkit-paper")
         >>> p["slurm_partition"], p["gpus_per_node"], p["slurm_additional_parameters"]
