@@ -21,6 +21,9 @@ MODULES = [
     "poolkit.text",
     "poolkit.errors",
     "poolkit.rundir",
+    "poolkit.tracking.events",
+    "poolkit.tracking.metrics_csv",
+    "poolkit.tracking.progress",
 ]
 
 
