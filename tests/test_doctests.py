@@ -17,6 +17,7 @@ MODULES = [
     "poolkit.layers.attention",
     "poolkit.layers.literature",
     "poolkit.layers.fused",
+    "poolkit.layers.global_pool",
     "poolkit.kernels.ops",
     "poolkit.text",
     "poolkit.errors",

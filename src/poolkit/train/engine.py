@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from poolkit.models import create_model
 from poolkit.rundir import CHECKPOINT_FILE, RunDir, RunState
 from poolkit.tracking import (
     METRIC_COLUMNS,
@@ -35,7 +37,7 @@ from poolkit.tracking import (
     create_sinks,
 )
 from poolkit.train import distributed as D
-from poolkit.train.checkpoint import load_latest_checkpoint, save_checkpoint
+from poolkit.train.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
 from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file
 from poolkit.train.environment import cpu_name, environment
 from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost, lock_wait_setting
@@ -326,7 +328,7 @@ def _take_lock(run: RunDir, ctx: D.DistContext, wait_s: float) -> RunLock | None
     failure: tuple[str, Any] | None = None
     if ctx.is_main:
         try:
-            lock = run.lock().acquire(wait_s=wait_s)
+            lock = RunLock(run.path).acquire(wait_s=wait_s)
         except RunBusyError as exc:
             if not ctx.enabled:
                 raise
@@ -492,8 +494,21 @@ def load_run(
 
     The model is rebuilt from the arguments stored in the checkpoint, so the dataset is not read.
 
+    Raises:
+        ValueError: there is no ``checkpoint.pt`` (the run never finished an epoch).
+
     Example:
         >>> model, cfg = load_run("runs/demo")  # doctest: +SKIP
         >>> model(torch.randn(1, 3, 32, 32)).shape  # doctest: +SKIP
     """
-    return RunDir(run_dir).load_model(device=device)
+    run = RunDir(run_dir)
+    if not run.checkpoint.exists():
+        raise ValueError(f"{str(run.path)!r} has no {CHECKPOINT_FILE}; it is not a (started) run directory")
+    cfg = RunConfig.from_stored(load_config_file(run.config))
+    ckpt = load_checkpoint(run.checkpoint, map_location=device)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # The warning about a pool that a CIFAR-stem ResNet does not use was shown when it trained.
+        warnings.simplefilter("ignore", UserWarning)
+        model = create_model(**ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg
