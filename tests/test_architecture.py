@@ -3,12 +3,21 @@
 What counts as an import:
 
 * **module level**: an ``import`` executed when the module is imported, i.e. one that is not inside a
-  function (class bodies and ``try`` blocks count) and not under ``if TYPE_CHECKING:`` (never executed).
-  These must form a DAG: no module may, through module-level imports, end up importing itself.
+  function (class bodies and ``try`` blocks count) and not under ``if TYPE_CHECKING:``.
 * **function level**: an ``import`` inside a function body, run only when the function is called. The
-  harness uses them to defer heavy or optional packages (and :class:`poolkit.rundir.RunDir` reaches the
-  lock and the checkpoint reader that way), so they may point "upwards"; they still count for the
-  dependency rules below, which hold at every level.
+  harness uses them to defer heavy or optional packages (torch, YAML, the trainer behind a command), never
+  to hide a loop: they are edges of the graph like module-level imports, and every rule holds at both
+  levels.
+* **not counted**: imports under ``if TYPE_CHECKING:``. They never run, so they cannot load a module, order
+  the imports or form a loop at run time; they only name a type for an annotation (the registry's
+  ``PoolSpec.cls: type[Pool2d]`` names the layers' base class, which registers itself in the registry).
+
+Both levels together form a DAG, module by module (``poolkit.rundir`` -> ``poolkit.train.lock`` ->
+``poolkit.rundir`` through a function would be a loop) and package by package: a subpackage of poolkit is
+one node (``poolkit.train``), a top-level module another (``poolkit.registry``), so ``poolkit.registry``
+importing anything of ``poolkit.layers``, whose modules import the registry, is a loop too.
+Command-line modules (``cli``, ``__main__``) sit on top of everything: what they import is left out of the
+package graph (``poolkit.train.cli`` may start a sweep's runner).
 
 The rules (``docs/architecture.md``): the library core never imports the harness; the trainer never
 imports what launches or analyses it; the launchers depend on the runner, never on the sweep that drives
@@ -165,14 +174,48 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_the_parser_sees_the_harness_imports() -> None:
     """A check of the checker: edges it must find, at the level they are at."""
     assert ("poolkit.rundir", "module") in _imports("poolkit.train.engine")
-    assert ("poolkit.train.lock", "function") in _imports("poolkit.rundir")
+    assert ("poolkit.train.lock", "function") in _imports("poolkit.experiments.sweep")
+    assert ("poolkit.layers.base", "module") in _imports("poolkit.layers.global_pool")
+    assert not any(t.startswith("poolkit.layers") for t, _ in _imports("poolkit.registry"))  # TYPE_CHECKING
+    assert _unit("poolkit.train.lock") == "poolkit.train" and _unit("poolkit.rundir") == "poolkit.rundir"
     assert ("poolkit.experiments.runner", "module") in _imports("poolkit.experiments.launchers.local")
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def _unit(module: str) -> str:
+    """The node of ``module`` in the package graph: its subpackage of poolkit, or the module itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 and (PACKAGE / parts[1]).is_dir() else module
+
+
+def _package_edges() -> dict[str, set[str]]:
+    """Imports at every level between the package graph's nodes (command-line modules' left out)."""
+    edges: dict[str, set[str]] = {}
+    for module in _modules():
+        edges.setdefault(_unit(module), set())
+        if _is_entry_point(module):
+            continue
+        edges[_unit(module)] |= {_unit(t) for t, _ in _imports(module)} - {_unit(module)}
+    return edges
+
+
 def test_module_level_imports_form_a_dag() -> None:
     edges = {m: {t for t, level in _imports(m) if level == "module"} for m in _modules()}
+    assert _cycles(edges) == []
+
+
+def test_imports_at_every_level_form_a_dag() -> None:
+    """Function-level imports included: no module reaches itself, not even through a deferred import."""
+    edges = {m: {t for t, _ in _imports(m)} for m in _modules()}
+    assert _cycles(edges) == []
+
+
+def test_packages_form_a_dag_at_every_level() -> None:
+    """The registry never imports the layers (they import it), the run directory never the trainer."""
+    edges = _package_edges()
+    assert {"poolkit.layers", "poolkit.registry", "poolkit.rundir", "poolkit.train"} <= set(edges)
+    assert "poolkit.registry" in edges["poolkit.layers"] and "poolkit.rundir" in edges["poolkit.train"]
     assert _cycles(edges) == []
 
 

@@ -17,10 +17,14 @@ MODULES = [
     "poolkit.layers.attention",
     "poolkit.layers.literature",
     "poolkit.layers.fused",
+    "poolkit.layers.global_pool",
     "poolkit.kernels.ops",
     "poolkit.text",
     "poolkit.errors",
     "poolkit.rundir",
+    "poolkit.tracking.events",
+    "poolkit.tracking.metrics_csv",
+    "poolkit.tracking.progress",
 ]
 
 

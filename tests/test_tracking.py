@@ -8,16 +8,21 @@ with a reason when it is missing.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
 import pytest
 
 from poolkit.tracking import (
+    METRIC_COLUMNS,
     EpochEnded,
     EventStream,
+    MetricsCsvSink,
+    ProgressSink,
     RunEnded,
     RunStarted,
+    StepEnded,
     create_sinks,
     default_tracking_uri,
     metric_tag,
@@ -151,6 +156,66 @@ def test_mlflow_honours_the_tracking_uri_and_a_resumed_run_continues(mlflow_stor
     assert [(m.step, m.value) for m in history] == [(1, 25.0), (2, 45.5)]
 
 
+# ---------------------------------------------------------------------- metrics.csv and the progress bar
+def test_the_metrics_csv_sink_writes_every_row_so_far_in_the_contracted_format(tmp_path):
+    run_dir = tmp_path / "run"
+    sink = MetricsCsvSink()
+    sink.handle(RunStarted(run_dir, "id", CONFIG))
+    assert not (run_dir / "metrics.csv").exists()  # nothing before the first epoch, as before
+    row = {c: 0.5 for c in METRIC_COLUMNS[1:]} | {"peak_memory_bytes": 2048.0, "lr": 0.1}
+    val = {"val_top1": 12.25, "val_loss": 2.0}  # out of order: the file keeps the contracted order
+    sink.handle(EpochEnded(1, val | row))
+    sink.handle(StepEnded(2, 1, 4, 0.1, 1.0, 50.0))  # not a row
+    sink.handle(EpochEnded(2, row | val | {"train_loss": 1 / 3}))
+    sink.handle(RunEnded("diverged"))  # the file stays as the last finished epoch left it
+    sink.close()
+    header = ",".join([*METRIC_COLUMNS, "val_loss", "val_top1"])
+    assert (run_dir / "metrics.csv").read_text().splitlines() == [
+        header,
+        "1,0.5,0.5,0.5,0.5,0.5,0.1,0.5,0.5,2048,2.0,12.25",
+        "2,0.3333333333333333,0.5,0.5,0.5,0.5,0.1,0.5,0.5,2048,2.0,12.25",
+    ]
+
+
+def test_a_resumed_metrics_csv_starts_from_the_checkpoints_rows(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.csv").write_text("epoch,lr\n1,0.1\n2,0.05\n")  # epoch 2 outlived its checkpoint
+    sink = MetricsCsvSink()
+    sink.handle(RunStarted(run_dir, "id", CONFIG, resumed_epochs=1, history=(EpochEnded(1, {"lr": 0.1}),)))
+    assert (run_dir / "metrics.csv").read_text() == "epoch,lr\n1,0.1\n"
+    sink.handle(EpochEnded(2, {"lr": 0.025}))
+    assert (run_dir / "metrics.csv").read_text() == "epoch,lr\n1,0.1\n2,0.025\n"
+
+
+def test_the_progress_bar_follows_the_step_events(tmp_path):
+    out = io.StringIO()
+    sink = ProgressSink(file=out)
+    assert EventStream([sink]).wants_steps
+    sink.handle(RunStarted(tmp_path, "id", {"epochs": 2}))
+    for step in range(1, 4):
+        sink.handle(StepEnded(1, step, 3, 0.1, *((2.5, 12.5) if step in (1, 3) else (None, None))))
+    text = out.getvalue()
+    assert "epoch 1/2" in text and "3/3" in text and "acc=12.5, loss=2.500" in text
+    sink.handle(EpochEnded(1, {"train_loss": 2.25, "train_top1": 15.0, "test_top1": 20.0}))
+    assert "acc=15.0, loss=2.250, test=20.0" in out.getvalue()  # tqdm sorts the keys
+    sink.handle(StepEnded(2, 1, 3, 0.05))  # a new epoch: a new bar
+    assert "epoch 2/2" in out.getvalue()
+    sink.handle(RunEnded("interrupted"))  # the open bar is closed
+    assert sink._bar is None
+
+
+def test_without_the_bar_no_step_is_asked_for_and_each_epoch_logs_one_line(tmp_path, caplog):
+    sink = ProgressSink(bar=False)
+    assert not EventStream([sink]).wants_steps and not EventStream().wants_steps
+    with caplog.at_level(logging.INFO, logger="poolkit.train"):
+        sink.handle(RunStarted(tmp_path, "id", {"epochs": 3}))
+        sink.handle(EpochEnded(2, {**ROWS[0], "epoch_seconds": 1.5}))
+    assert [r.getMessage() for r in caplog.records] == [
+        "epoch 2/3: train loss 2.0000 top-1 20.00 | test loss 1.9000 top-1 25.00 | 1.5s"
+    ]
+
+
 # ---------------------------------------------------------------------- the training loop emits the events
 RUN = {
     "dataset": "synthetic",
@@ -235,6 +300,60 @@ def test_a_broken_logger_warns_once_and_the_run_finishes(tmp_path, monkeypatch, 
     assert result["status"] == "finished"
     warnings = [r.getMessage() for r in caplog.records if r.name == "poolkit.tracking"]
     assert len(warnings) == 1 and "no space left on device" in warnings[0]
+
+
+class Recorder:
+    """A sink that keeps every event (``wants_steps`` as asked)."""
+
+    name = "tensorboard"
+
+    def __init__(self, wants_steps: bool) -> None:
+        self.wants_steps = wants_steps
+        self.events: list[object] = []
+
+    def handle(self, event):
+        self.events.append(event)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("wants_steps", [True, False])
+def test_the_training_loop_emits_steps_only_when_a_sink_wants_them(tmp_path, monkeypatch, wants_steps):
+    from poolkit.tracking import sinks
+    from poolkit.train import train_run
+
+    recorder = Recorder(wants_steps)
+    monkeypatch.setitem(sinks.LOGGERS, "tensorboard", lambda: recorder)
+    train_run({**RUN, "batch_size": 256, "loggers": ["tensorboard"]}, tmp_path / "run", progress=False)
+    kinds = [type(e).__name__ for e in recorder.events]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "RunEnded" and kinds.count("EpochEnded") == 2
+    steps = [e for e in recorder.events if isinstance(e, StepEnded)]
+    if not wants_steps:
+        assert steps == []
+        return
+    per_epoch = steps[0].steps
+    assert per_epoch > 1 and len(steps) == 2 * per_epoch
+    assert [(e.epoch, e.step) for e in steps] == [(ep, s) for ep in (1, 2) for s in range(1, per_epoch + 1)]
+    # the running loss only where the bar refreshed it before (every 10 steps and the last), one sync each
+    measured = [e.step for e in steps[:per_epoch] if e.loss is not None]
+    assert measured == sorted({*range(1, per_epoch + 1, 10), per_epoch})
+    assert all(e.top1 is not None and 0 <= e.top1 <= 100 for e in steps if e.loss is not None)
+    assert kinds.index("EpochEnded") == 1 + per_epoch  # an epoch's steps come before its end
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))  # lr: each epoch's first step's
+    assert [e.lr for e in steps if e.step == 1] == pytest.approx([float(r["lr"]) for r in rows])
+
+
+def test_a_failing_metrics_csv_warns_once_and_the_run_finishes(tmp_path, caplog):
+    from poolkit.train import train_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / "metrics.csv").mkdir(parents=True)  # the file cannot be replaced: every write fails
+    with caplog.at_level(logging.WARNING, logger="poolkit.tracking"):
+        result = train_run({**RUN, "batch_size": 256}, run_dir, progress=False)
+    assert result["status"] == "finished" and (run_dir / "result.json").is_file()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "poolkit.tracking"]
+    assert len(warnings) == 1 and "'metrics.csv' failed on EpochEnded" in warnings[0]
 
 
 def test_sweep_logger_flag_reaches_every_run_and_a_missing_package_is_a_user_error(tmp_path, capsys):

@@ -99,6 +99,20 @@ def test_run_directory_holds_every_file_with_the_contracted_contents(finished: t
     assert lam and all(0 < v < 1 for vs in lam.values() for v in vs)
 
 
+def test_metrics_csv_is_byte_for_byte_what_the_engine_wrote_before_it_became_a_sink(
+    finished: tuple[Path, dict],
+) -> None:
+    """The metrics.csv sink writes the checkpoint's rows as the engine's own writer did: the header, then
+    the epoch and the peak memory as integers and every other value as ``repr(float)``, "\\n" line ends."""
+    run, _ = finished
+    rows = load_checkpoint(run / "checkpoint.pt")["metrics"]
+    ints = ("epoch", "peak_memory_bytes")
+    expected = [",".join(METRIC_COLUMNS)] + [
+        ",".join(str(int(r[c])) if c in ints else repr(float(r[c])) for c in METRIC_COLUMNS) for r in rows
+    ]
+    assert (run / "metrics.csv").read_bytes() == ("\n".join(expected) + "\n").encode()
+
+
 def test_the_run_learns_and_load_run_gives_back_the_trained_model(finished: tuple[Path, dict]) -> None:
     run, result = finished
     assert result["test_top1"] > 50 and result["train_top1"] > 50  # chance is 10%

@@ -17,10 +17,10 @@ import importlib
 from types import ModuleType
 
 from poolkit import functional, layers
+from poolkit.layers.global_pool import create_global_pool
 from poolkit.registry import (
     PoolSpec,
     create_adaptive_pool,
-    create_global_pool,
     create_pool,
     get_pool_spec,
     list_pools,

@@ -3,6 +3,10 @@
 Every method registers itself with :func:`register_pool` next to its definition; the rest of poolkit
 (models, surgery, the experiment harness) builds pools only through :func:`create_pool`, so a newly
 registered method is available everywhere at once.
+
+The registry sits below the layers: every layer module imports it to register itself, and it imports
+no layer (``tests/test_architecture.py``); :func:`poolkit.create_global_pool`, which wraps an adaptive
+pool in :class:`~poolkit.layers.GlobalPool2d`, lives next to that class in :mod:`poolkit.layers.global_pool`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ __all__ = [
     "PoolFactory",
     "PoolSpec",
     "create_adaptive_pool",
-    "create_global_pool",
     "create_pool",
     "get_pool_spec",
     "list_pools",
@@ -67,7 +70,7 @@ class PoolSpec:
         needs_channels: whether ``channels=`` is required (per-channel or convolutional parts).
         stochastic: whether training mode draws random numbers.
         supports_global: whether it has the adaptive forms (:func:`create_adaptive_pool`, and
-            :func:`create_global_pool`, their ``output_size=1`` case).
+            :func:`poolkit.create_global_pool`, their ``output_size=1`` case).
     """
 
     name: str
@@ -283,8 +286,8 @@ def create_adaptive_pool(
     ``ceil((i + 1) L / out) - 1``, exactly PyTorch's adaptive windows; ``max`` and ``avg`` equal
     ``F.adaptive_max_pool{n}d`` and ``F.adaptive_avg_pool{n}d``. ``output_size`` is an int or one int per
     spatial axis, None keeping that axis's input size. ``output_size=1`` is the global form
-    (:func:`create_global_pool`). Options clipped to the window (T-Max-Avg's K) are clipped per window.
-    Every method but ``strided_conv`` and ``blurmax`` has this form.
+    (:func:`poolkit.create_global_pool`). Options clipped to the window (T-Max-Avg's K) are clipped per
+    window. Every method but ``strided_conv`` and ``blurmax`` has this form.
 
     Example:
         >>> import torch, poolkit
@@ -314,28 +317,3 @@ def create_adaptive_pool(
         _adaptive_spec(target.registry_name)
     pool = build(None, channels=channels, spatial_dims=spatial_dims, output_size=output_size, **options)
     return pool  # type: ignore[no-any-return]
-
-
-def create_global_pool(
-    method: str = "avg",
-    channels: int | None = None,
-    *,
-    flatten: bool = False,
-    spatial_dims: int = 2,
-    **options: Any,
-) -> nn.Module:
-    """Global pooling: one window covering the whole feature map (``create_adaptive_pool(..., 1)``).
-
-    Output is (N, C, 1, ...), or (N, C) with ``flatten=True``. Every registered method whose learnable
-    parts do not depend on the window size is accepted (all but ``strided_conv`` and ``blurmax``).
-
-    Example:
-        >>> import torch, poolkit
-        >>> gp = poolkit.create_global_pool("gem", flatten=True)
-        >>> gp(torch.ones(2, 3, 5, 5)).shape
-        torch.Size([2, 3])
-    """
-    from poolkit.layers.global_pool import GlobalPool2d
-
-    inner = create_adaptive_pool(method, 1, channels=channels, spatial_dims=spatial_dims, **options)
-    return GlobalPool2d(inner, flatten=flatten)  # type: ignore[arg-type]

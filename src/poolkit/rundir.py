@@ -19,8 +19,14 @@ No other module spells a file name of a run directory. A run directory holds:
 
 Its state (:class:`RunState`) follows from these files, in this order: a readable ``result.json`` says
 ``finished`` or ``diverged``; else a readable ``error.json`` says ``failed``; else a checkpoint says
-``resumable``; else ``not started``. With the lock (:meth:`RunDir.live_state`) a run that a live process
-holds is ``running``, and one whose holder is gone (or silent past the lock's expiry) is ``stalled``.
+``resumable``; else ``not started``. With the lock (:func:`poolkit.train.lock.live_state`) a run that a
+live process holds is ``running``, and one whose holder is gone (or silent past the lock's expiry) is
+``stalled``.
+
+This module sits below the trainer and imports nothing of it (``tests/test_architecture.py``): what a
+file *holds* beyond plain JSON, YAML and CSV belongs to the module that writes it. The lock protocol is
+:mod:`poolkit.train.lock`'s, the checkpoint's format :mod:`poolkit.train.checkpoint`'s, and the trained
+model is read back by :func:`poolkit.train.load_run`; they take their paths from :class:`RunDir`.
 
 The readers are tolerant: a missing or broken file reads as ``None`` (and, given a ``problems`` list, a
 sentence saying what is wrong is appended), so a half-written or hand-edited directory never crashes a
@@ -47,16 +53,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from poolkit.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from torch import device as TorchDevice
-    from torch import nn
-
-    from poolkit.train.config import RunConfig
-    from poolkit.train.lock import LockHolder, RunLock
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -99,9 +98,10 @@ class RunState(str, Enum):
 
     From the files alone (:meth:`RunDir.state`): ``NOT_STARTED``, ``RESUMABLE`` (a checkpoint, no
     result), ``FINISHED``, ``DIVERGED`` (the training loss became NaN or infinite; ``result.json`` says
-    where), ``FAILED`` (``error.json``). With the lock (:meth:`RunDir.live_state`): ``RUNNING`` (a live
-    process holds it) and ``STALLED`` (its holder died or went silent; rerunning resumes it). ``BUSY`` is
-    what a launch reports when it found the run ``RUNNING`` in another process and so left it alone.
+    where), ``FAILED`` (``error.json``). With the lock (:func:`poolkit.train.lock.live_state`):
+    ``RUNNING`` (a live process holds it) and ``STALLED`` (its holder died or went silent; rerunning
+    resumes it). ``BUSY`` is what a launch reports when it found the run ``RUNNING`` in another process
+    and so left it alone.
     """
 
     NOT_STARTED = "not started"
@@ -374,19 +374,6 @@ class RunDir:
             return RunState.RESUMABLE
         return RunState.NOT_STARTED
 
-    def live_state(self, run_id: str | None = None) -> tuple[RunState, LockHolder | None]:
-        """:meth:`state` refined by the lock: ``RUNNING`` while a live process holds it; ``STALLED`` when
-        an unfinished run's lock was left by a process that is gone or silent. Also returns the holder."""
-        state = self.state(run_id)
-        holder = self.lock_holder()
-        if state is RunState.FINISHED or holder is None:
-            return state, holder
-        if holder.state() == "fresh":
-            return RunState.RUNNING, holder
-        if state in (RunState.FAILED, RunState.DIVERGED):
-            return state, holder
-        return RunState.STALLED, holder
-
     # ---------------------------------------------------------------- writers (atomic)
     def write_config(self, config: Mapping[str, Any]) -> None:
         """``config.yaml``: the resolved config, keys in their order."""
@@ -424,54 +411,6 @@ class RunDir:
         """Remove ``error.json`` left by an earlier attempt (a new attempt starts)."""
         self.error.unlink(missing_ok=True)
 
-    def save_checkpoint(self, state: Mapping[str, Any]) -> None:
-        """``checkpoint.pt``, keeping the one it replaces as ``checkpoint.prev.pt``."""
-        from poolkit.train.checkpoint import save_checkpoint
-
-        save_checkpoint(state, self.checkpoint)
-
     def drop_previous_checkpoint(self) -> None:
         """A finished run resumes from nothing any more: remove ``checkpoint.prev.pt``."""
         self.previous_checkpoint.unlink(missing_ok=True)
-
-    # ---------------------------------------------------------------- the lock and the model
-    def lock(self, **kwargs: Any) -> RunLock:
-        """The run's :class:`~poolkit.train.lock.RunLock` (not yet acquired); ``kwargs`` go to it."""
-        from poolkit.train.lock import RunLock
-
-        return RunLock(self.path, **kwargs)
-
-    def lock_holder(self) -> LockHolder | None:
-        """Who holds ``lock.json`` (None when nobody does)."""
-        from poolkit.train.lock import read_lock
-
-        return read_lock(self.path)
-
-    def load_model(self, *, device: str | TorchDevice = "cpu") -> tuple[nn.Module, RunConfig]:
-        """The trained model (weights of ``checkpoint.pt``, in eval mode) and the run's config.
-
-        The model is rebuilt from the arguments stored in the checkpoint, so the dataset is not read.
-
-        Raises:
-            ValueError: there is no ``checkpoint.pt`` (the run never finished an epoch).
-        """
-        import warnings
-
-        import torch
-
-        from poolkit.models import create_model
-        from poolkit.train.checkpoint import load_checkpoint
-        from poolkit.train.config import RunConfig, load_config_file
-
-        if not self.checkpoint.exists():
-            raise ValueError(
-                f"{str(self.path)!r} has no {CHECKPOINT_FILE}; it is not a (started) run directory"
-            )
-        cfg = RunConfig.from_stored(load_config_file(self.config))
-        ckpt = load_checkpoint(self.checkpoint, map_location=device)
-        with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
-            # The warning about a pool that a CIFAR-stem ResNet does not use was shown when it trained.
-            warnings.simplefilter("ignore", UserWarning)
-            model = create_model(**ckpt["model_kwargs"])
-        model.load_state_dict(ckpt["model"])
-        return model.to(device).eval(), cfg

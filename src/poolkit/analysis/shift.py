@@ -226,7 +226,7 @@ def probe_run(
 ) -> dict[str, Any]:
     """Probe a run's trained model on its dataset's test split and write ``shift.json`` beside it.
 
-    The model comes from :meth:`poolkit.rundir.RunDir.load_model`; the dataset named in ``config.yaml``
+    The model comes from :func:`poolkit.train.load_run`; the dataset named in ``config.yaml``
     is loaded with the run's ``val_fraction`` and ``seed``, so the normalisation is the one the model was
     trained with.
 
@@ -249,6 +249,7 @@ def probe_run(
     """
     from poolkit.data import load_dataset
     from poolkit.train.config import RunConfig, load_config_file
+    from poolkit.train.engine import load_run
 
     if model is not None:
         run = RunDir(run_dir)
@@ -259,7 +260,7 @@ def probe_run(
         run = RunDir(resolve_run_dir(run_dir))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model, cfg = run.load_model(device=device)
+        model, cfg = load_run(run.path, device=device)
     data = load_dataset(
         cfg.dataset,
         data_dir if data_dir is not None else cfg.data_dir,

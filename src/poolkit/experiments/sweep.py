@@ -391,6 +391,8 @@ class RunStatus:
 
 def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> list[RunStatus]:
     """The :class:`RunStatus` of every run of a sweep in ``out_dir`` (reads files; trains nothing)."""
+    from poolkit.train.lock import live_state  # poolkit.train's package loads the trainer (torch)
+
     out_dir = Path(out_dir)
     runs_dir = out_dir / "runs"
     jobs = {str(k): str(v) for k, v in (read_json(out_dir / "slurm" / "jobs.json") or {}).items()}
@@ -403,7 +405,7 @@ def sweep_status(specs: Sequence[RunSpec], out_dir: str | os.PathLike[str]) -> l
         job_id = jobs.get(spec.name)
         job_state = states.get(job_id) if job_id else None
         scheduler = (job_state or "").split(" ")[0].upper()
-        live, holder = run.live_state(spec.run_id)
+        live, holder = live_state(run, spec.run_id)
         state: StatusState = live.value  # type: ignore[assignment]
         detail = ""
         if live is RunState.FINISHED:

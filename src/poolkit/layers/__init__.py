@@ -12,7 +12,7 @@ from poolkit.layers.base import Pool2d
 from poolkit.layers.blend import ChannelAdaptivePool, GatedPool, MixedPool, StochasticMixPool
 from poolkit.layers.classic import AvgPool, LPPool, MaxPool, StridedConvPool
 from poolkit.layers.fused import set_fused_kernels, use_fused_kernels, window_max_mean
-from poolkit.layers.global_pool import GlobalPool2d
+from poolkit.layers.global_pool import GlobalPool2d, create_global_pool
 from poolkit.layers.literature import BlurMaxPool, GeMPool, StochasticPool
 from poolkit.layers.threshold import LearnableTPool, SoftTMaxAvgPool, TMaxAvgPool
 from poolkit.layers.windows import PoolGeometry
@@ -38,6 +38,7 @@ __all__ = [
     "StochasticPool",
     "StridedConvPool",
     "TMaxAvgPool",
+    "create_global_pool",
     "set_fused_kernels",
     "use_fused_kernels",
     "window_max_mean",

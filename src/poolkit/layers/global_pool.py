@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import Tensor, nn
 
 from poolkit.layers.base import Pool2d
+from poolkit.registry import create_adaptive_pool
 
-__all__ = ["GlobalPool2d"]
+__all__ = ["GlobalPool2d", "create_global_pool"]
 
 
 class GlobalPool2d(nn.Module):
@@ -41,3 +44,26 @@ class GlobalPool2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"flatten={self.flatten}"
+
+
+def create_global_pool(
+    method: str = "avg",
+    channels: int | None = None,
+    *,
+    flatten: bool = False,
+    spatial_dims: int = 2,
+    **options: Any,
+) -> GlobalPool2d:
+    """Global pooling: one window covering the whole feature map (``create_adaptive_pool(..., 1)``).
+
+    Output is (N, C, 1, ...), or (N, C) with ``flatten=True``. Every registered method whose learnable
+    parts do not depend on the window size is accepted (all but ``strided_conv`` and ``blurmax``).
+
+    Example:
+        >>> import torch, poolkit
+        >>> gp = poolkit.create_global_pool("gem", flatten=True)
+        >>> gp(torch.ones(2, 3, 5, 5)).shape
+        torch.Size([2, 3])
+    """
+    inner = create_adaptive_pool(method, 1, channels=channels, spatial_dims=spatial_dims, **options)
+    return GlobalPool2d(inner, flatten=flatten)  # type: ignore[arg-type]

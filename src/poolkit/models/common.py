@@ -7,7 +7,8 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from poolkit.registry import PoolFactory, create_global_pool, pool_options
+from poolkit.layers.global_pool import create_global_pool
+from poolkit.registry import PoolFactory, pool_options
 
 __all__ = [
     "ClassifierHead",

@@ -14,18 +14,30 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from poolkit.models import create_model
 from poolkit.rundir import CHECKPOINT_FILE, RunDir, RunState
-from poolkit.tracking import EpochEnded, EventStream, RunEnded, RunStarted, create_sinks
+from poolkit.tracking import (
+    METRIC_COLUMNS,
+    VAL_COLUMNS,
+    EpochEnded,
+    EventStream,
+    MetricsCsvSink,
+    ProgressSink,
+    RunEnded,
+    RunSink,
+    RunStarted,
+    create_sinks,
+)
 from poolkit.train import distributed as D
-from poolkit.train.checkpoint import load_latest_checkpoint
+from poolkit.train.checkpoint import load_checkpoint, load_latest_checkpoint, save_checkpoint
 from poolkit.train.config import NON_RESULT_KEYS, RunConfig, load_config_file
 from poolkit.train.environment import cpu_name, environment
 from poolkit.train.lock import LockHolder, RunBusyError, RunLock, RunLockError, RunLockLost, lock_wait_setting
@@ -48,12 +60,7 @@ __all__ = [
 
 logger = logging.getLogger("poolkit.train")
 
-#: Columns of metrics.csv, in order; :data:`VAL_COLUMNS` follow when a validation split is held out.
-METRIC_COLUMNS: tuple[str, ...] = (
-    "epoch", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
-    "lr", "epoch_seconds", "images_per_second", "peak_memory_bytes",
-)  # fmt: skip
-VAL_COLUMNS: tuple[str, ...] = ("val_loss", "val_top1")
+# METRIC_COLUMNS and VAL_COLUMNS (metrics.csv's columns) belong to its sink, poolkit.tracking.metrics_csv.
 
 #: ``on_epoch(epoch, row)``: called on rank 0 after each epoch's files are written.
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -229,7 +236,8 @@ def train_run(
         out_dir: the run directory (created if needed).
         resume: continue from ``checkpoint.pt`` when it exists (the final weights are bit-identical to an
             uninterrupted run on CPU); without a checkpoint the run starts fresh.
-        progress: show a tqdm bar per epoch with the running loss and accuracy.
+        progress: show a tqdm bar per epoch with the running loss and accuracy
+            (:class:`~poolkit.tracking.ProgressSink`); without it, log one line per epoch.
         position: the bar's tqdm ``position`` (several runs side by side); its bar is then not left behind.
         on_epoch: ``on_epoch(epoch, row)`` after each epoch's files are written (rank 0 only).
         lock_wait: seconds to wait for the run's lock (``RUN_DIR/lock.json``, see
@@ -277,12 +285,10 @@ def train_run(
             if state is RunState.FINISHED:
                 return _finished(run, ctx, on_finished)
             resume_run = state is RunState.RESUMABLE
+            sinks = _sinks(cfg, progress, position) if ctx.is_main else []
             return _tracked(
-                cfg,
-                ctx,
-                lambda stream: _train(
-                    cfg, run, device, ctx, resume_run, progress, position, on_epoch, on_finished, lock, stream
-                ),
+                sinks,
+                lambda stream: _train(cfg, run, device, ctx, resume_run, on_epoch, on_finished, lock, stream),
             )
         finally:
             if lock is not None:
@@ -322,7 +328,7 @@ def _take_lock(run: RunDir, ctx: D.DistContext, wait_s: float) -> RunLock | None
     failure: tuple[str, Any] | None = None
     if ctx.is_main:
         try:
-            lock = run.lock().acquire(wait_s=wait_s)
+            lock = RunLock(run.path).acquire(wait_s=wait_s)
         except RunBusyError as exc:
             if not ctx.enabled:
                 raise
@@ -346,11 +352,14 @@ def _take_lock(run: RunDir, ctx: D.DistContext, wait_s: float) -> RunLock | None
     raise RunLockError(failure[1])
 
 
-def _tracked(
-    cfg: RunConfig, ctx: D.DistContext, train: Callable[[EventStream], dict[str, Any]]
-) -> dict[str, Any]:
-    """Run ``train`` with the run's event stream: its sinks (``cfg.loggers``, rank 0) see how the run ends."""
-    stream = EventStream(create_sinks(cfg.loggers) if ctx.is_main else [])
+def _sinks(cfg: RunConfig, progress: bool, position: int | None) -> list[RunSink]:
+    """The sinks of the process that writes files: metrics.csv, the progress display, ``cfg.loggers``."""
+    return [MetricsCsvSink(), ProgressSink(bar=progress, position=position), *create_sinks(cfg.loggers)]
+
+
+def _tracked(sinks: list[RunSink], train: Callable[[EventStream], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``train`` with an event stream to ``sinks`` (rank 0 only; none elsewhere); they see how it ends."""
+    stream = EventStream(sinks)
     try:
         result = train(stream)
     except RunDiverged as exc:
@@ -375,8 +384,6 @@ def _train(
     device: torch.device,
     ctx: D.DistContext,
     resume: bool,
-    progress: bool,
-    position: int | None,
     on_epoch: EpochCallback | None,
     on_finished: Callable[[nn.Module | None], None] | None,
     lock: RunLock | None,
@@ -400,36 +407,23 @@ def _train(
     if ctx.is_main:
         run.write_config(cfg.to_dict())
         run.write_env(env)
-    stream.emit(RunStarted(out, cfg.run_id(), cfg.to_dict(), resumed_epochs=start_epoch))
-    columns = METRIC_COLUMNS + (VAL_COLUMNS if trainer.splits.val is not None else ())
-    show = progress and ctx.is_main
+    history = tuple(EpochEnded(int(r["epoch"]), _epoch_metrics(r)) for r in rows)
+    stream.emit(RunStarted(out, cfg.run_id(), cfg.to_dict(), resumed_epochs=start_epoch, history=history))
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         epoch_start = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         lr = trainer.optimizer.param_groups[0]["lr"]
-        bar = None
-        if show:
-            bar = tqdm(
-                total=trainer.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch",
-                position=position, leave=position is None, dynamic_ncols=True,
-            )  # fmt: skip
         try:
-            train_loss, train_top1, images, train_seconds = trainer.train_epoch(epoch, bar)
+            train_loss, train_top1, images, train_seconds = trainer.train_epoch(epoch, stream)
             test_loss, test_top1, test_top5 = trainer.evaluate("test")
         except Divergence as stop:
-            if bar is not None:
-                bar.close()
             record = _diverged(cfg, trainer, rows, stop)
             if ctx.is_main:
                 # checkpoint.pt and metrics.csv stay as the last finished epoch left them (finite weights).
                 run.write_result(_json_safe(record))
             D.barrier(ctx)
             raise RunDiverged(out, record["diverged"]) from None
-        except BaseException:
-            if bar is not None:
-                bar.close()
-            raise
         row: dict[str, float] = {
             "epoch": epoch,
             "train_loss": train_loss,
@@ -448,25 +442,17 @@ def _train(
         if not all(math.isfinite(v) for v in row.values()):
             logger.warning("%s: epoch %d has a non-finite metric (the run diverged): %s", out, epoch, row)
         rows.append(row)
-        if bar is not None:
-            bar.set_postfix(loss=f"{train_loss:.3f}", acc=f"{train_top1:.1f}", test=f"{test_top1:.1f}")
-            bar.close()
-        elif ctx.is_main:
-            logger.info(
-                "epoch %d/%d: train loss %.4f top-1 %.2f | test loss %.4f top-1 %.2f | %.1fs",
-                epoch, cfg.epochs, train_loss, train_top1, test_loss, test_top1, row["epoch_seconds"],
-            )  # fmt: skip
         if D.any_rank(lock is not None and lock.lost, ctx, device):
             raise RunLockLost(
                 f"{str(out)!r}: another process took this run over (this process's lock heartbeat had "
                 f"stopped for longer than the lock's expiry); stopped after epoch {epoch} without writing it"
             )
         if ctx.is_main:
-            run.save_checkpoint(trainer.state(epoch, rows))
-            run.write_metrics(columns, _csv_rows(rows))
+            save_checkpoint(trainer.state(epoch, rows), run.checkpoint)
+            # metrics.csv (its sink comes first), the progress display, then --logger's sinks
+            stream.emit(EpochEnded(epoch, _epoch_metrics(row)))
             if on_epoch is not None:
                 on_epoch(epoch, dict(row))
-            stream.emit(EpochEnded(epoch, {k: v for k, v in row.items() if k != "epoch"}))
         D.barrier(ctx)
     result = _result(cfg, trainer, rows)
     # Every rank's weights, to show that the replicas stayed identical (DDP's contract).
@@ -475,7 +461,6 @@ def _train(
     if len(set(digests)) > 1:
         logger.error("%s: the ranks' parameters differ at the end of training: %s", out, digests)
     if ctx.is_main:
-        run.write_metrics(columns, _csv_rows(rows))
         run.write_result(_json_safe(result))
         # Finished: nothing will resume from the previous generation any more.
         run.drop_previous_checkpoint()
@@ -485,11 +470,9 @@ def _train(
     return result
 
 
-def _csv_rows(rows: Iterable[Mapping[str, float]]) -> list[dict[str, Any]]:
-    return [
-        {k: (int(v) if k in ("epoch", "peak_memory_bytes") else repr(float(v))) for k, v in r.items()}
-        for r in rows
-    ]
+def _epoch_metrics(row: Mapping[str, float]) -> dict[str, float]:
+    """An epoch's row without its ``epoch`` (what :class:`EpochEnded` carries)."""
+    return {k: v for k, v in row.items() if k != "epoch"}
 
 
 def _json_safe(obj: Any) -> Any:
@@ -511,8 +494,21 @@ def load_run(
 
     The model is rebuilt from the arguments stored in the checkpoint, so the dataset is not read.
 
+    Raises:
+        ValueError: there is no ``checkpoint.pt`` (the run never finished an epoch).
+
     Example:
         >>> model, cfg = load_run("runs/demo")  # doctest: +SKIP
         >>> model(torch.randn(1, 3, 32, 32)).shape  # doctest: +SKIP
     """
-    return RunDir(run_dir).load_model(device=device)
+    run = RunDir(run_dir)
+    if not run.checkpoint.exists():
+        raise ValueError(f"{str(run.path)!r} has no {CHECKPOINT_FILE}; it is not a (started) run directory")
+    cfg = RunConfig.from_stored(load_config_file(run.config))
+    ckpt = load_checkpoint(run.checkpoint, map_location=device)
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        # The warning about a pool that a CIFAR-stem ResNet does not use was shown when it trained.
+        warnings.simplefilter("ignore", UserWarning)
+        model = create_model(**ckpt["model_kwargs"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), cfg

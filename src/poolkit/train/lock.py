@@ -39,7 +39,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from poolkit.atomic import atomic_write_json
-from poolkit.rundir import LOCK_FILE, RunDir, read_json
+from poolkit.rundir import LOCK_FILE, RunDir, RunState, read_json
 
 __all__ = [
     "DEFAULT_EXPIRY_S",
@@ -253,6 +253,29 @@ class LockHolder:
     def describe(self, now: float | None = None) -> str:
         job = f", job {self.job_id}" if self.job_id else ""
         return f"pid {self.pid} on {self.host}{job} (last heartbeat {self.age(now):.0f} s ago)"
+
+
+def live_state(run: RunDir, run_id: str | None = None) -> tuple[RunState, LockHolder | None]:
+    """``run``'s :meth:`~poolkit.rundir.RunDir.state` refined by its lock, and the lock's holder.
+
+    ``RUNNING`` while a live process holds the lock (its heartbeat is fresh); ``STALLED`` when an
+    unfinished run's lock was left by a process that is gone or silent past the expiry (rerunning
+    resumes it); otherwise the state the files say. ``run_id`` is passed on to ``state``.
+
+    Example:
+        >>> import tempfile
+        >>> live_state(RunDir(tempfile.mkdtemp()))
+        (<RunState.NOT_STARTED: 'not started'>, None)
+    """
+    state = run.state(run_id)
+    holder = read_lock(run.path)
+    if state is RunState.FINISHED or holder is None:
+        return state, holder
+    if holder.state() == "fresh":
+        return RunState.RUNNING, holder
+    if state in (RunState.FAILED, RunState.DIVERGED):
+        return state, holder
+    return RunState.STALLED, holder
 
 
 def read_lock(run_dir: str | os.PathLike[str]) -> LockHolder | None:

@@ -23,11 +23,16 @@ from torch import Tensor, nn
 
 from poolkit.layers import GlobalPool2d, Pool2d
 from poolkit.models import create_model
+from poolkit.tracking.events import EventStream, StepEnded
 from poolkit.train import distributed as D
 from poolkit.train.checkpoint import CHECKPOINT_FORMAT, capture_rng_state, restore_rng_state
 from poolkit.train.config import RunConfig
 
-__all__ = ["WarmupCosine", "describe_pools", "parameter_groups"]
+__all__ = ["STEP_METRICS_EVERY", "WarmupCosine", "describe_pools", "parameter_groups"]
+
+#: A :class:`~poolkit.tracking.events.StepEnded` carries the running loss and top-1 every this many steps
+#: (and on an epoch's last step): reading them waits for the device, as a progress bar's refresh did.
+STEP_METRICS_EVERY = 10
 
 try:
     import resource
@@ -285,10 +290,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def train_epoch(self, epoch: int, bar: Any) -> tuple[float, float, int, float]:
-        """One pass over the training split; returns (loss, top-1, images, seconds)."""
+    def train_epoch(self, epoch: int, stream: EventStream | None = None) -> tuple[float, float, int, float]:
+        """One pass over the training split; returns (loss, top-1, images, seconds).
+
+        With a ``stream`` whose sinks want steps (a progress bar), each step emits a
+        :class:`~poolkit.tracking.events.StepEnded`; without one, nothing waits for the device per step.
+        """
         self.train_model.train()
         meter = Meter(self.device)
+        steps = stream if stream is not None and stream.wants_steps else None
         start = time.perf_counter()
         # The finiteness of each step's loss is read one step late, so the host does not wait for the
         # device every step; a divergence is still reported at the step where it happened.
@@ -304,6 +314,7 @@ class Trainer:
                 denominator: float = self.train_loader.global_batch_count(step) / self.ctx.world_size
             else:
                 denominator = y.shape[0]
+            lr = self.optimizer.param_groups[0]["lr"]
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss_sum / denominator).backward()
             self.scaler.step(self.optimizer)
@@ -313,11 +324,11 @@ class Trainer:
                 self._check_finite(epoch, *pending)
             pending = (step, loss_sum.detach() / denominator)
             meter.add(loss_sum, logits.detach(), y)
-            if bar is not None:
-                bar.update(1)
-                if step % 10 == 0 or step + 1 == self.steps_per_epoch:
-                    loss, top1 = meter.running()
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{top1:.1f}")
+            if steps is not None:
+                running: tuple[float | None, float | None] = (None, None)
+                if step % STEP_METRICS_EVERY == 0 or step + 1 == self.steps_per_epoch:
+                    running = meter.running()
+                steps.emit(StepEnded(epoch, step + 1, self.steps_per_epoch, lr, *running))
         if pending is not None:
             self._check_finite(epoch, *pending)
         if self.device.type == "cuda":
