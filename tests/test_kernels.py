@@ -78,7 +78,7 @@ class _OpRecorder:
 
 @needs_build
 @pytest.mark.parametrize(
-    ("name", "op"), [("channel_adaptive", "window_max_mean"), ("tmaxavg", "window_max_topk")]
+    ("name", "op"), [("channel_adaptive", "window_max_mean_blend"), ("tmaxavg", "window_max_topk_blend")]
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_torch_compile_fullgraph_sees_one_operator(name: str, op: str, channels_last: bool) -> None:
@@ -125,8 +125,8 @@ def test_torch_export_keeps_the_operator() -> None:
         exported = torch.export.export(model.eval(), (x,))
         expected = model(x)
     targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
-    assert any("poolkit.window_max_mean" in t for t in targets), targets
-    assert any("poolkit.window_max_topk_mean" in t for t in targets), targets
+    assert any("poolkit.window_max_mean_blend" in t for t in targets), targets
+    assert any("poolkit.window_max_topk_blend" in t for t in targets), targets
     torch.testing.assert_close(exported.module()(x), expected)
 
 
