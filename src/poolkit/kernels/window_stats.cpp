@@ -577,7 +577,7 @@ Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tenso
 // make no elementwise pass of their own.
 enum BlendGate : int64_t {
   kLerp = 0,  // lam = q:                          cP = M - S
-  kHard = 1,  // lam = [M >= q] (q in x's dtype):   cP = 0
+  kHard = 1,  // lam = [M >= q]:                   cP = 0
   kSoft = 2,  // lam = sigmoid((M - q) / tau):     cP = -(M - S) lam (1 - lam) / tau
 };
 
@@ -641,7 +641,7 @@ struct BlendOutputs {
         lo[j] = qj;
         cpo[j] = mj - sj;
       } else if constexpr (Gate == kHard) {
-        const bool take = mj >= static_cast<acc_t>(static_cast<scalar_t>(qj));  // torch.where(M >= T, M, S)
+        const bool take = mj >= qj;  // torch.where(M >= T, M, S)
         yo[j] = static_cast<scalar_t>(take ? mj : sj);
         lo[j] = take ? acc_t(1) : acc_t(0);
         cpo[j] = 0;

@@ -333,7 +333,7 @@ def window_blend(
     """
     topk = k is not None and k < geometry.area
     if k != 1 and kernel_path(x, geometry, k if topk else None) == "compiled":
-        p = _param_matrix(param, x)
+        p = _param_matrix(param, x, gate)
         if p is not None:
             args = _geometry_args(geometry, x)
             if topk:
@@ -349,10 +349,14 @@ def window_blend(
     return torch.lerp(s, m, torch.sigmoid((m - param) / tau))
 
 
-def _param_matrix(param: Tensor | float, x: Tensor) -> Tensor | None:
-    """The blend parameter as the (1 or N, 1 or C) matrix of the blend operators; None if it is not one."""
+def _param_matrix(param: Tensor | float, x: Tensor, gate: Gate) -> Tensor | None:
+    """The blend parameter as the (1 or N, 1 or C) matrix of the blend operators; None if it is not one.
+
+    A float threshold of the hard gate is rounded to x's dtype, as ``M >= T`` compares it in torch.
+    """
     if not isinstance(param, Tensor):
-        return torch.full((1, 1), float(param), dtype=accumulate_dtype(x.dtype))
+        dtype = x.dtype if gate == "hard" else accumulate_dtype(x.dtype)
+        return torch.full((1, 1), float(param), dtype=dtype)
     if not param.is_floating_point() or param.device != x.device:
         return None
     n, c = x.shape[:2]
