@@ -266,28 +266,30 @@ std::tuple<Tensor, Tensor, Tensor> max_mean_forward(const Tensor& input, at::Int
 // The output gradients (gM, gS) that the backward kernels scatter, per output o: read as they are (the
 // statistics' own operators), or, for the blends, gy times the coefficients saved by the forward:
 // gM = gy (lam - [soft] cP), gS = gy (1 - lam) (see BlendGate), so that the backward makes no extra pass.
-template <typename scalar_t, bool Blend>
+enum GradKind : int { kPlain = 0, kBlend = 1, kSoftBlend = 2 };
+
+template <typename scalar_t, int Kind>
 struct OutputGrads {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* a;  // gM, or gy for a blend
   const scalar_t* b;  // gS (unused for a blend)
   const acc_t* lam = nullptr;
   const acc_t* cp = nullptr;
-  bool soft = false;
 
   inline acc_t m(int64_t o) const {
-    if constexpr (Blend) {
-      const acc_t l = lam[o];
-      return static_cast<acc_t>(a[o]) * (soft ? l - cp[o] : l);
+    if constexpr (Kind == kSoftBlend) {
+      return static_cast<acc_t>(a[o]) * (lam[o] - cp[o]);
+    } else if constexpr (Kind == kBlend) {
+      return static_cast<acc_t>(a[o]) * lam[o];
     } else {
       return static_cast<acc_t>(a[o]);
     }
   }
   inline acc_t s(int64_t o) const {
-    if constexpr (Blend) {
-      return static_cast<acc_t>(a[o]) * (acc_t(1) - lam[o]);
-    } else {
+    if constexpr (Kind == kPlain) {
       return static_cast<acc_t>(b[o]);
+    } else {
+      return static_cast<acc_t>(a[o]) * (acc_t(1) - lam[o]);
     }
   }
 };
@@ -315,8 +317,8 @@ inline acc_t topk_grad_of_cell(int32_t index, int32_t cell, grad_t grad_m, grad_
 // Input gradient of (M, A): cell (ih, iw) of a window gets gM where it is the window's first maximum, plus
 // gA / n of every window that contains it. NCHW: each thread owns whole input rows and adds every window
 // tap that reads the row into a row buffer; channels_last: each input position gathers its windows.
-template <typename scalar_t, bool Blend>
-void max_mean_backward_impl(const OutputGrads<scalar_t, Blend>& src, const Tensor& idx, const Geometry& g, bool cl,
+template <typename scalar_t, int Kind>
+void max_mean_backward_impl(const OutputGrads<scalar_t, Kind>& src, const Tensor& idx, const Geometry& g, bool cl,
                             Tensor& gx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
@@ -374,7 +376,7 @@ Tensor max_mean_backward(const Tensor& grad_m, const Tensor& grad_a, const Tenso
   Tensor gx = at::empty({idx.size(0), idx.size(1), in_size[0], in_size[1]}, grad_m.options().memory_format(fmt));
   const Geometry g = make_geometry(gx, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gm.scalar_type(), "poolkit_max_mean_backward", [&] {
-    const OutputGrads<scalar_t, false> src{gm.const_data_ptr<scalar_t>(), ga.const_data_ptr<scalar_t>()};
+    const OutputGrads<scalar_t, kPlain> src{gm.const_data_ptr<scalar_t>(), ga.const_data_ptr<scalar_t>()};
     max_mean_backward_impl<scalar_t>(src, ix, g, fmt == at::MemoryFormat::ChannelsLast, gx);
   });
   return gx;
@@ -498,8 +500,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_forward(const Tensor
 
 // Input gradient of (M, T_K): gM to the window's first maximum; gT / K to each cell above the K-th largest
 // value t, gT * tie to each cell equal to it. Same loop structure as max_mean_backward_impl.
-template <typename scalar_t, bool Blend>
-void max_topk_backward_impl(const OutputGrads<scalar_t, Blend>& src, const Tensor& x, const Tensor& idx,
+template <typename scalar_t, int Kind>
+void max_topk_backward_impl(const OutputGrads<scalar_t, Kind>& src, const Tensor& x, const Tensor& idx,
                             const Tensor& kth, const Tensor& tie, int64_t k, const Geometry& g, bool cl,
                             Tensor& gx) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -563,7 +565,7 @@ Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tenso
   Tensor gx = at::empty(x.sizes(), grad_m.options().memory_format(fmt));
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_backward", [&] {
-    const OutputGrads<scalar_t, false> src{gm.const_data_ptr<scalar_t>(), gt.const_data_ptr<scalar_t>()};
+    const OutputGrads<scalar_t, kPlain> src{gm.const_data_ptr<scalar_t>(), gt.const_data_ptr<scalar_t>()};
     max_topk_backward_impl<scalar_t>(src, x, ix, kt, ti, k, g, fmt == at::MemoryFormat::ChannelsLast, gx);
   });
   return gx;
@@ -646,10 +648,14 @@ struct BlendOutputs {
         lo[j] = take ? acc_t(1) : acc_t(0);
         cpo[j] = 0;
       } else {
-        const acc_t l = acc_t(1) / (acc_t(1) + gate_exp((qj - mj) * inv_tau));
+        // A weight below 2^-64 is 0: it changes y by less than 2^-64 |M - S|, and it keeps subnormal numbers,
+        // whose arithmetic is ~100x slower on x86, out of this loop and of the backward.
+        const acc_t sig = acc_t(1) / (acc_t(1) + gate_exp((qj - mj) * inv_tau));
+        const acc_t l = sig < acc_t(5.421010862427522e-20) ? acc_t(0) : sig;
+        const acc_t slope = -(mj - sj) * l * (acc_t(1) - l) * inv_tau;
         yo[j] = static_cast<scalar_t>(lerp_of(sj, mj, l));
         lo[j] = l;
-        cpo[j] = -(mj - sj) * l * (acc_t(1) - l) * inv_tau;
+        cpo[j] = std::abs(slope) < std::numeric_limits<acc_t>::min() ? acc_t(0) : slope;
       }
     }
   }
@@ -831,11 +837,11 @@ BlendBackward blend_backward(const Tensor& grad_y, const Tensor& lam, const Tens
   return b;
 }
 
-template <typename scalar_t>
-OutputGrads<scalar_t, true> blend_sources(const BlendBackward& b, int64_t gate) {
+template <typename scalar_t, int Kind>
+OutputGrads<scalar_t, Kind> blend_sources(const BlendBackward& b) {
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* gy = b.gy.const_data_ptr<scalar_t>();
-  return {gy, gy, b.lam.const_data_ptr<acc_t>(), b.cp.const_data_ptr<acc_t>(), gate == kSoft};
+  return {gy, gy, b.lam.const_data_ptr<acc_t>(), b.cp.const_data_ptr<acc_t>()};
 }
 
 std::tuple<Tensor, Tensor> max_mean_blend_backward(const Tensor& grad_y, const Tensor& idx, const Tensor& lam,
@@ -849,8 +855,12 @@ std::tuple<Tensor, Tensor> max_mean_blend_backward(const Tensor& grad_y, const T
   Tensor gx = at::empty({idx.size(0), idx.size(1), in_size[0], in_size[1]}, b.gy.options().memory_format(b.fmt));
   const Geometry g = make_geometry(gx, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "poolkit_max_mean_blend_backward", [&] {
-    max_mean_backward_impl<scalar_t>(blend_sources<scalar_t>(b, gate), ix, g, b.fmt == at::MemoryFormat::ChannelsLast,
-                                     gx);
+    const bool cl = b.fmt == at::MemoryFormat::ChannelsLast;
+    if (gate == kSoft) {
+      max_mean_backward_impl<scalar_t>(blend_sources<scalar_t, kSoftBlend>(b), ix, g, cl, gx);
+    } else {
+      max_mean_backward_impl<scalar_t>(blend_sources<scalar_t, kBlend>(b), ix, g, cl, gx);
+    }
   });
   return {gx, b.gp};
 }
@@ -867,8 +877,12 @@ std::tuple<Tensor, Tensor> max_topk_blend_backward(const Tensor& grad_y, const T
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(b.fmt));
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_blend_backward", [&] {
-    max_topk_backward_impl<scalar_t>(blend_sources<scalar_t>(b, gate), x, ix, kt, ti, k, g,
-                                     b.fmt == at::MemoryFormat::ChannelsLast, gx);
+    const bool cl = b.fmt == at::MemoryFormat::ChannelsLast;
+    if (gate == kSoft) {
+      max_topk_backward_impl<scalar_t>(blend_sources<scalar_t, kSoftBlend>(b), x, ix, kt, ti, k, g, cl, gx);
+    } else {
+      max_topk_backward_impl<scalar_t>(blend_sources<scalar_t, kBlend>(b), x, ix, kt, ti, k, g, cl, gx);
+    }
   });
   return {gx, b.gp};
 }
