@@ -30,12 +30,12 @@ from poolkit.kernels.ops import (
 from poolkit.layers.fused import (
     kernel_path,
     use_fused_kernels,
-    window_blend,
     window_max_mean,
     window_max_topk_mean,
     window_power_mean,
     window_weighted_mean_fused,
 )
+from poolkit.layers.gate import window_blend
 from poolkit.layers.windows import PoolGeometry, min_window_count
 from pools import build, reseed
 

@@ -30,7 +30,8 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
-from poolkit.layers.fused import window_blend, window_max_mean
+from poolkit.layers.fused import window_max_mean
+from poolkit.layers.gate import window_blend
 from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 

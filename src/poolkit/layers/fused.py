@@ -41,17 +41,12 @@ from torch.autograd.function import once_differentiable
 
 from poolkit.kernels.build import cpu_kernels_available, cuda_kernels_available
 from poolkit.kernels.ops import (
-    GATES,
-    accumulate_dtype,
-    window_max_mean_blend_op,
     window_max_mean_op,
-    window_max_topk_blend_op,
     window_max_topk_mean_op,
     window_power_mean_op,
     window_weighted_mean_op,
 )
 from poolkit.layers.windows import (
-    Geometry,
     PoolGeometry,
     _memoize,
     min_window_count,
@@ -68,7 +63,6 @@ __all__ = [
     "kernel_path",
     "set_fused_kernels",
     "use_fused_kernels",
-    "window_blend",
     "window_max_mean",
     "window_max_topk_mean",
     "window_power_mean",
@@ -77,7 +71,6 @@ __all__ = [
 ]
 
 Mode = Literal["auto", "on", "eager", "off"]
-Gate = Literal["lerp", "hard", "soft"]
 KernelPath = Literal["compiled", "eager", "native"]
 _MODES = ("auto", "on", "eager", "off")
 #: Windows with more cells than this skip the eager fused path (it makes one pass per cell).
@@ -165,7 +158,8 @@ def fused_kernels_enabled(x: Tensor, geometry: PoolGeometry) -> bool:
     return kernel_path(x, geometry) != "native"
 
 
-def _geometry_args(geometry: PoolGeometry, x: Tensor) -> tuple[list[int], ...]:
+def geometry_args(geometry: PoolGeometry, x: Tensor) -> tuple[list[int], ...]:
+    """Kernel, stride, padding, dilation and output size of ``geometry`` on ``x``, for the operators."""
     g = geometry
     out = g.output_size(x.shape[-2], x.shape[-1])
     return list(g.kernel_size), list(g.stride), list(g.padding), list(g.dilation), list(out)
@@ -185,7 +179,7 @@ def window_max_mean(x: Tensor, geometry: PoolGeometry) -> tuple[Tensor, Tensor]:
     """
     path = kernel_path(x, geometry)
     if path == "compiled":
-        m, a, _ = window_max_mean_op(x, *_geometry_args(geometry, x))
+        m, a, _ = window_max_mean_op(x, *geometry_args(geometry, x))
         return m, a
     if path == "eager":
         m, a = _MaxMean.apply(x, geometry)
@@ -210,7 +204,7 @@ def window_max_topk_mean(x: Tensor, geometry: PoolGeometry, k: int) -> tuple[Ten
     if k >= geometry.area:
         return window_max_mean(x, geometry)
     if k > 1 and kernel_path(x, geometry, k) == "compiled":
-        m, top, *_ = window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))
+        m, top, *_ = window_max_topk_mean_op(x, k, *geometry_args(geometry, x))
         return m, top
     return window_max(x, geometry), window_topk_mean_fused(x, geometry, k)
 
@@ -232,7 +226,7 @@ def window_power_mean(x: Tensor, geometry: PoolGeometry, p: Tensor | float, eps:
     """
     if (not isinstance(p, Tensor) or p.numel() == 1) and kernel_path(x, geometry) == "compiled":
         exponent = p if isinstance(p, Tensor) else x.new_tensor(float(p), dtype=torch.float64)
-        y, _, _ = window_power_mean_op(x, exponent.reshape(()), float(eps), *_geometry_args(geometry, x))
+        y, _, _ = window_power_mean_op(x, exponent.reshape(()), float(eps), *geometry_args(geometry, x))
         return y
     xf = x.float() if x.element_size() < 4 else x
     if isinstance(p, Tensor):
@@ -264,7 +258,7 @@ def window_weighted_mean_fused(x: Tensor, weight: Tensor, geometry: PoolGeometry
         and weight.dtype == x.dtype
         and kernel_path(x, geometry) == "compiled"
     ):
-        y, _ = window_weighted_mean_op(x, weight, float(eps), *_geometry_args(geometry, x))
+        y, _ = window_weighted_mean_op(x, weight, float(eps), *geometry_args(geometry, x))
         return y
     return window_weighted_mean(x, weight, geometry, eps)
 
@@ -290,84 +284,10 @@ def window_topk_mean_fused(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
         return window_topk_mean(x, geometry, k)
     path = kernel_path(x, geometry, k)
     if path == "compiled":
-        return window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))[1]
+        return window_max_topk_mean_op(x, k, *geometry_args(geometry, x))[1]
     if path == "eager":
         return _TopKMean.apply(x, geometry, k)  # type: ignore[no-any-return]
     return window_topk_mean(x, geometry, k)
-
-
-def window_blend(
-    x: Tensor,
-    geometry: Geometry,
-    param: Tensor | float,
-    *,
-    k: int | None = None,
-    gate: Gate = "lerp",
-    tau: float = 1.0,
-) -> Tensor:
-    """``y = lambda * M + (1 - lambda) * S`` of every window: the blends and the T-Max-Avg family in one call.
-
-    S is the window mean A (``k`` None, or ``k >= kh * kw``) or the top-K mean T_K; lambda follows from
-    ``param`` (a float, a 0-d tensor, or a tensor broadcastable to (N, C, 1, 1): one value per channel or
-    per (sample, channel)) by the gate:
-
-    * ``"lerp"``: ``lambda = param`` (Mixed, Channel-Adaptive, Stochastic Mix), ``torch.lerp(S, M, lambda)``;
-    * ``"hard"``: ``lambda = [M >= param]`` (T-Max-Avg), ``torch.where(M >= T, M, S)``;
-    * ``"soft"``: ``lambda = sigmoid((M - param) / tau)`` (Soft T-Max-Avg, Learnable-T).
-
-    On the compiled path (:func:`kernel_path` ``"compiled"``) one operator computes y with its gradients
-    for x and param (forward: one pass over the input; backward: one write of the input gradient; saved:
-    the index of the maximum and dy/dM, dy/dS, dy/dparam per output, plus x, the K-th value and the tie
-    share for T_K). Every other path is the reference: :func:`window_max_mean` or
-    :func:`window_max_topk_mean` and the gate as elementwise torch ops.
-
-    Shape:
-        (N, C, H, W) -> (N, C, H_out, W_out) in the input's memory format.
-
-    Example:
-        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
-        >>> round(window_blend(x, PoolGeometry.create(2), 0.5).item(), 6)   # (0.25 + 0.15) / 2
-        0.2
-        >>> round(window_blend(x, PoolGeometry.create(2), 0.3, k=2, gate="hard").item(), 6)   # M < 0.3: T_2
-        0.225
-    """
-    topk = k is not None and k < geometry.area
-    if k != 1 and kernel_path(x, geometry, k if topk else None) == "compiled":
-        p = _param_matrix(param, x, gate)
-        if p is not None:
-            args = _geometry_args(geometry, x)
-            if topk:
-                return window_max_topk_blend_op(x, p, k, GATES[gate], float(tau), *args)[0]
-            return window_max_mean_blend_op(x, p, GATES[gate], float(tau), *args)[0]
-    m, s = window_max_mean(x, geometry) if k is None else window_max_topk_mean(x, geometry, k)
-    if gate == "lerp":
-        return torch.lerp(s, m, param.to(x.dtype) if isinstance(param, Tensor) else float(param))
-    if gate == "hard":
-        return torch.where(m >= param, m, s)
-    if isinstance(param, Tensor):
-        param = param.to(m.dtype)
-    return torch.lerp(s, m, torch.sigmoid((m - param) / tau))
-
-
-def _param_matrix(param: Tensor | float, x: Tensor, gate: Gate) -> Tensor | None:
-    """The blend parameter as the (1 or N, 1 or C) matrix of the blend operators; None if it is not one.
-
-    A float threshold of the hard gate is rounded to x's dtype, as ``M >= T`` compares it in torch.
-    """
-    if not isinstance(param, Tensor):
-        dtype = x.dtype if gate == "hard" else accumulate_dtype(x.dtype)
-        return torch.full((1, 1), float(param), dtype=dtype)
-    if not param.is_floating_point() or param.device != x.device:
-        return None
-    n, c = x.shape[:2]
-    if param.dim() == 0:
-        return param.reshape(1, 1)
-    if param.dim() == 1 and param.shape[0] in (1, c):
-        return param.reshape(1, -1)
-    shape = tuple(param.shape)
-    if len(shape) == x.dim() and shape[0] in (1, n) and shape[1] in (1, c) and all(d == 1 for d in shape[2:]):
-        return param.reshape(shape[0], shape[1])
-    return None
 
 
 # --------------------------------------------------------------------------------------------- views

@@ -22,7 +22,7 @@ from poolkit.layers.base import (
     check_positive,
     prepare,
 )
-from poolkit.layers.fused import window_blend
+from poolkit.layers.gate import window_blend
 from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
