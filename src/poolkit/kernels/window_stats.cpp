@@ -678,6 +678,17 @@ struct BlendOutputs {
   }
 };
 
+// The layout a blend runs in: an NCHW line is one output row, and rows of fewer than kNarrowRow outputs (the
+// 4x4 and 2x2 maps of VGG's last blocks) cost more in per-line overhead than in data, so such inputs run in
+// channels_last (lines of C) and pay a transposed copy of the input (and of the input gradient) instead; the
+// outputs are returned in the input's layout.
+constexpr int64_t kNarrowRow = 8;
+
+at::MemoryFormat run_format(at::MemoryFormat fmt, int64_t channels, int64_t out_w) {
+  const bool narrow = fmt == at::MemoryFormat::Contiguous && channels > 1 && out_w < kNarrowRow;
+  return narrow ? at::MemoryFormat::ChannelsLast : fmt;
+}
+
 // p: (PN, PC) with PN in {1, N} and PC in {1, C}, in the arithmetic type.
 template <typename acc_t>
 BlendParam<acc_t> blend_param(const Tensor& p, int64_t N, int64_t C) {
@@ -718,11 +729,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> max_mean_blend_forward(const Tensor& 
                                                                   at::IntArrayRef dilation, at::IntArrayRef out_size) {
   check_gate(gate, tau);
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
-  const Tensor x = input.contiguous(fmt);
+  const at::MemoryFormat fmt = layout_of(input), run = run_format(fmt, input.size(1), g.w.out);
+  const Tensor x = input.contiguous(run);
   const Tensor q = blend_param_tensor(p, x);
-  std::vector<Tensor> out = blend_outputs(x, g, fmt);
-  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  std::vector<Tensor> out = blend_outputs(x, g, run);
+  const bool cl = run == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_mean_blend_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t C = x.size(1), L = cl ? C : g.w.out;
@@ -733,7 +744,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> max_mean_blend_forward(const Tensor& 
           o.put_line(r, L, C, cl, line, bp, best, mean, where);
         });
   });
-  return {out[0], out[1], out[2], out[3]};
+  return {out[0].contiguous(fmt), out[1].contiguous(fmt), out[2].contiguous(fmt), out[3].contiguous(fmt)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_blend_forward(
@@ -742,12 +753,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_blend_forwar
   TORCH_CHECK(k >= 1, "poolkit max_topk_blend_forward: k must be positive, got ", k);
   check_gate(gate, tau);
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
-  const Tensor x = input.contiguous(fmt);
+  const at::MemoryFormat fmt = layout_of(input), run = run_format(fmt, input.size(1), g.w.out);
+  const Tensor x = input.contiguous(run);
   const Tensor q = blend_param_tensor(p, x);
-  std::vector<Tensor> out = blend_outputs(x, g, fmt);
+  std::vector<Tensor> out = blend_outputs(x, g, run);
   Tensor kth = at::empty_like(out[0]), tie = at::empty_like(out[2]);
-  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  const bool cl = run == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_blend_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t C = x.size(1), L = cl ? C : g.w.out;
@@ -766,7 +777,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_blend_forwar
           }
         });
   });
-  return {out[0], out[1], kth, tie, out[2], out[3]};
+  return {out[0].contiguous(fmt), out[1].contiguous(fmt), kth.contiguous(fmt), tie.contiguous(fmt),
+          out[2].contiguous(fmt),  out[3].contiguous(fmt)};
 }
 
 // gp = sum of gy cP over the outputs of each parameter entry: (PN, PC) like the parameter, in the arithmetic
@@ -850,7 +862,9 @@ std::tuple<Tensor, Tensor> max_mean_blend_backward(const Tensor& grad_y, const T
                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                    at::IntArrayRef dilation, bool channels_last) {
   TORCH_CHECK(in_size.size() == 2, "poolkit max_mean_blend_backward: in_size must be (H, W)");
-  const BlendBackward b = blend_backward(grad_y, lam, cp, grad_y.scalar_type(), p_size, p_grad, channels_last);
+  const at::MemoryFormat fmt = layout_flag(channels_last), run = run_format(fmt, idx.size(1), idx.size(3));
+  const BlendBackward b = blend_backward(grad_y, lam, cp, grad_y.scalar_type(), p_size, p_grad,
+                                         run == at::MemoryFormat::ChannelsLast);
   const Tensor ix = idx.contiguous(b.fmt);
   Tensor gx = at::empty({idx.size(0), idx.size(1), in_size[0], in_size[1]}, b.gy.options().memory_format(b.fmt));
   const Geometry g = make_geometry(gx, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
@@ -862,7 +876,7 @@ std::tuple<Tensor, Tensor> max_mean_blend_backward(const Tensor& grad_y, const T
       max_mean_backward_impl<scalar_t>(blend_sources<scalar_t, kBlend>(b), ix, g, cl, gx);
     }
   });
-  return {gx, b.gp};
+  return {gx.contiguous(fmt), b.gp};
 }
 
 std::tuple<Tensor, Tensor> max_topk_blend_backward(const Tensor& grad_y, const Tensor& input, const Tensor& idx,
@@ -871,7 +885,9 @@ std::tuple<Tensor, Tensor> max_topk_blend_backward(const Tensor& grad_y, const T
                                                    bool p_grad, int64_t k, at::IntArrayRef kernel,
                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                    at::IntArrayRef dilation, bool channels_last) {
-  const BlendBackward b = blend_backward(grad_y, lam, cp, input.scalar_type(), p_size, p_grad, channels_last);
+  const at::MemoryFormat fmt = layout_flag(channels_last), run = run_format(fmt, idx.size(1), idx.size(3));
+  const BlendBackward b = blend_backward(grad_y, lam, cp, input.scalar_type(), p_size, p_grad,
+                                         run == at::MemoryFormat::ChannelsLast);
   const Tensor x = input.contiguous(b.fmt), ix = idx.contiguous(b.fmt), kt = kth.contiguous(b.fmt);
   const Tensor ti = tie.contiguous(b.fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(b.fmt));
@@ -884,7 +900,7 @@ std::tuple<Tensor, Tensor> max_topk_blend_backward(const Tensor& grad_y, const T
       max_topk_backward_impl<scalar_t>(blend_sources<scalar_t, kBlend>(b), x, ix, kt, ti, k, g, cl, gx);
     }
   });
-  return {gx, b.gp};
+  return {gx.contiguous(fmt), b.gp};
 }
 
 // ------------------------------------------------------------------------------------------ power mean
