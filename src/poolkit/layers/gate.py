@@ -43,10 +43,10 @@ def window_blend(
     * ``"hard"``: ``lambda = [M >= param]`` (T-Max-Avg), ``torch.where(M >= T, M, S)``;
     * ``"soft"``: ``lambda = sigmoid((M - param) / tau)`` (Soft T-Max-Avg, Learnable-T).
 
-    On the compiled path (:func:`kernel_path` ``"compiled"``) one operator computes y with its gradients
-    for x and param (forward: one pass over the input; backward: one write of the input gradient; saved:
-    the index of the maximum and dy/dM, dy/dS, dy/dparam per output, plus x, the K-th value and the tie
-    share for T_K). Every other path is the reference: :func:`window_max_mean` or
+    On the compiled CPU path (:func:`kernel_path` ``"compiled"``) one operator computes y with its
+    gradients for x and param (forward: one pass over the input; backward: one write of the input gradient;
+    saved: the index of the maximum, lambda and dy/dparam per output, plus x, the K-th value and the tie
+    share for T_K). Every other path (CUDA included) is the reference: :func:`window_max_mean` or
     :func:`window_max_topk_mean` and the gate as elementwise torch ops.
 
     Shape:
@@ -61,7 +61,9 @@ def window_blend(
         0.225
     """
     topk = k is not None and k < geometry.area
-    if k != 1 and kernel_path(x, geometry, k if topk else None) == "compiled":
+    # The blend operators are C++ only: on CUDA "compiled" means the Triton M/A and T_K kernels.
+    compiled = x.device.type == "cpu" and kernel_path(x, geometry, k if topk else None) == "compiled"
+    if k != 1 and compiled:
         p = _param_matrix(param, x, gate)
         if p is not None:
             args = geometry_args(geometry, x)
