@@ -19,7 +19,10 @@ import poolkit
 from poolkit.kernels import build as kernel_build
 from poolkit.kernels import cpu_kernels_available, kernel_status
 from poolkit.kernels.ops import (
+    GATES,
+    window_max_mean_blend_op,
     window_max_mean_op,
+    window_max_topk_blend_op,
     window_max_topk_mean_op,
     window_power_mean_op,
     window_weighted_mean_op,
@@ -32,7 +35,8 @@ from poolkit.layers.fused import (
     window_power_mean,
     window_weighted_mean_fused,
 )
-from poolkit.layers.windows import PoolGeometry
+from poolkit.layers.gate import window_blend
+from poolkit.layers.windows import PoolGeometry, min_window_count
 from pools import build, reseed
 
 needs_build = pytest.mark.skipif(
@@ -78,7 +82,7 @@ class _OpRecorder:
 
 @needs_build
 @pytest.mark.parametrize(
-    ("name", "op"), [("channel_adaptive", "window_max_mean"), ("tmaxavg", "window_max_topk")]
+    ("name", "op"), [("channel_adaptive", "window_max_mean_blend"), ("tmaxavg", "window_max_topk_blend")]
 )
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 def test_torch_compile_fullgraph_sees_one_operator(name: str, op: str, channels_last: bool) -> None:
@@ -125,8 +129,8 @@ def test_torch_export_keeps_the_operator() -> None:
         exported = torch.export.export(model.eval(), (x,))
         expected = model(x)
     targets = [str(n.target) for n in exported.graph.nodes if n.op == "call_function"]
-    assert any("poolkit.window_max_mean" in t for t in targets), targets
-    assert any("poolkit.window_max_topk_mean" in t for t in targets), targets
+    assert any("poolkit.window_max_mean_blend" in t for t in targets), targets
+    assert any("poolkit.window_max_topk_blend" in t for t in targets), targets
     torch.testing.assert_close(exported.module()(x), expected)
 
 
@@ -372,3 +376,118 @@ def test_attention_pools_compile_to_one_weighted_mean(name: str) -> None:
     torch.testing.assert_close(outputs[1][0], outputs[0][0])
     for got, expected in zip(outputs[1][1], outputs[0][1], strict=True):
         torch.testing.assert_close(got, expected)
+
+
+# ---------------------------------------------------------------------------------------------- blends
+
+#: (k, gate, parameter shape) for x of (N, C) = (3, 5): every gate on both statistics, and a parameter per
+#: layer, per channel and per (sample, channel).
+BLEND_CASES = [
+    (None, "lerp", ()),
+    (None, "lerp", (1, 5, 1, 1)),
+    (None, "lerp", (3, 5, 1, 1)),
+    (None, "hard", ()),
+    (None, "soft", (1, 5, 1, 1)),
+    (2, "lerp", (3, 5, 1, 1)),
+    (2, "hard", ()),
+    (3, "soft", ()),
+    (3, "soft", (1, 5, 1, 1)),
+]
+BLEND_GEOMETRIES = [
+    (2, 2, 0, 1, False),
+    (3, 2, 1, 1, False),
+    (3, 1, 1, 1, True),
+    ((2, 3), 1, (1, 1), 2, False),
+]
+
+
+def _blend_and_grads(x, g, p0, k, gate, mode, weight):
+    leaf, p = x.clone().requires_grad_(), p0.clone().requires_grad_()
+    with use_fused_kernels(mode):
+        y = window_blend(leaf, g, p, k=k, gate=gate, tau=0.3)
+    gx, gp = torch.autograd.grad((y * weight).sum(), [leaf, p], allow_unused=True, materialize_grads=True)
+    return y, gx, gp  # the hard gate's threshold gets no gradient: zeros on both paths
+
+
+@needs_build
+@pytest.mark.parametrize(("k", "gate", "p_shape"), BLEND_CASES)
+@pytest.mark.parametrize("geometry", BLEND_GEOMETRIES)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_blend_operators_equal_the_reference(k, gate, p_shape, geometry, channels_last: bool) -> None:
+    """y, dx and dp of the one-operator blends against M/S from the native pair and the gate in torch ops."""
+    reseed(7)
+    g = PoolGeometry.create(*geometry)
+    x = torch.randn(3, 5, 9, 8, dtype=torch.float64).mul(2).round().div(2)  # ties, so the tie rules count
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    p0 = torch.rand(p_shape, dtype=torch.float64)
+    out = g.output_size(9, 8)
+    weight = torch.randn(3, 5, *out, dtype=torch.float64)
+    with use_fused_kernels("on"):
+        compiled = kernel_path(x, g, k if k and k < g.area else None) == "compiled"
+    y, gx, gp = _blend_and_grads(x, g, p0, k, gate, "on", weight)
+    y0, gx0, gp0 = _blend_and_grads(x, g, p0, k, gate, "off", weight)
+    assert compiled or min_window_count(g, 9, 8) < (k or 1)  # only windows with fewer than K cells decline
+    torch.testing.assert_close(y, y0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gp, gp0, rtol=1e-12, atol=1e-12)
+    if compiled:
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert y.is_contiguous(memory_format=fmt) and gx.is_contiguous(memory_format=fmt)
+
+
+@needs_build
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("k", "gate"), [(None, "lerp"), (2, "hard"), (2, "soft")])
+def test_blend_operators_low_precision(dtype: torch.dtype, k: int | None, gate: str) -> None:
+    """Low precision: the compiled blend computes in float32 and rounds once; the reference rounds each op."""
+    reseed(8)
+    g = PoolGeometry.create(3, 2, 1)
+    x = torch.randn(2, 4, 9, 9).contiguous(memory_format=torch.channels_last).to(dtype)
+    p0 = torch.rand(1, 4, 1, 1)  # a float32 parameter, as the pools hold it
+    weight = torch.randn(2, 4, 5, 5).to(dtype)
+    y, gx, gp = _blend_and_grads(x, g, p0, k, gate, "on", weight)
+    y0, gx0, gp0 = _blend_and_grads(x, g, p0, k, gate, "off", weight)
+    assert y.dtype == gx.dtype == dtype and gp.dtype == torch.float32
+    eps = torch.finfo(dtype).eps  # a few roundings of values of order 1 apart
+    torch.testing.assert_close(y.float(), y0.float(), rtol=4 * eps, atol=4 * eps)
+    torch.testing.assert_close(gx.float(), gx0.float(), rtol=8 * eps, atol=8 * eps)
+    torch.testing.assert_close(gp, gp0, rtol=16 * eps, atol=16 * eps * gp0.abs().max().item())
+
+
+@needs_build
+@pytest.mark.parametrize(("k", "gate"), [(None, "lerp"), (None, "soft"), (2, "hard"), (2, "soft")])
+def test_blend_operators_gradcheck_and_opcheck(k: int | None, gate: str) -> None:
+    reseed(9)
+    g = PoolGeometry.create(3, 2, 1)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    p = torch.rand(2, 3, 1, 1, dtype=torch.float64, requires_grad=True)
+    with use_fused_kernels("on"):
+        assert torch.autograd.gradcheck(lambda t, q: window_blend(t, g, q, k=k, gate=gate, tau=0.5), (x, p))
+    args = (x, p.detach().reshape(2, 3).requires_grad_(), *([k] if k else []), GATES[gate], 0.5, *_args(g, x))
+    op = window_max_topk_blend_op if k else window_max_mean_blend_op
+    torch.library.opcheck(op, args)
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(op, (cl, *args[1:]))
+
+
+@needs_build
+def test_blend_operator_keeps_the_gradient_of_an_infinite_maximum_finite() -> None:
+    """dy/dM of a lerp blend is lam, whatever M - S (the saved dy/dq) is: inf must not leak as inf * 0."""
+    x = torch.tensor([[[[float("inf"), 1.0], [2.0, 3.0]]]], requires_grad=True)
+    with use_fused_kernels("on"):
+        y = window_blend(x, PoolGeometry.create(2), torch.tensor(0.25))
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(grad, torch.tensor([[[[0.4375, 0.1875], [0.1875, 0.1875]]]]))
+
+
+def test_blend_with_a_parameter_per_output_cell_takes_the_reference() -> None:
+    """A parameter the operators cannot take (one per output cell) is blended by the reference ops."""
+    reseed(10)
+    x, p = torch.randn(2, 3, 4, 4), torch.rand(2, 3, 2, 2)
+    g = PoolGeometry.create(2)
+    with use_fused_kernels("on"):
+        y = window_blend(x, g, p, gate="soft", tau=0.5)
+    with use_fused_kernels("off"):
+        y0 = window_blend(x, g, p, gate="soft", tau=0.5)
+    torch.testing.assert_close(y, y0)

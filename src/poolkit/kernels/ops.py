@@ -13,6 +13,17 @@ Two operators, each computing several statistics of the same windows in one pass
   the K-th largest value t and ``tie = (K - #{x > t}) / (K #{x = t})``. Backward: gM to the first maximum,
   ``gT / K`` to every cell above t and ``gT * tie`` to every cell equal to it (the cells equal to t share the
   ``K - #above`` remaining places equally). Saved: the input, the index, kth and tie.
+* ``poolkit::window_max_mean_blend(x, p, gate, tau, ...) -> (y, index, lam, cP)`` and
+  ``poolkit::window_max_topk_blend(x, p, k, gate, tau, ...) -> (y, index, kth, tie, lam, cP)``: the whole
+  blend ``y = lam M + (1 - lam) S`` (S = A, or T_K) in the same one pass, so that a pool is one operator
+  each way with no elementwise ops around it. ``p`` is (1 or N, 1 or C): one parameter q per layer,
+  channel or (sample, channel). The gate (:data:`GATES`): ``lerp`` ``lam = q`` (``torch.lerp(S, M, q)``,
+  Mixed, Channel-Adaptive, Stochastic Mix); ``hard`` ``lam = [M >= q]`` (T-Max-Avg); ``soft``
+  ``lam = sigmoid((M - q) / tau)`` (Soft T-Max-Avg, Learnable-T). Saved per output: lam and
+  ``cP = dy/dq`` (``M - S``, 0, ``-(M - S) lam (1 - lam) / tau``), from which ``dy/dM = lam - [soft] cP`` and
+  ``dy/dS = 1 - lam``. Backward: the statistics' input gradient with ``gM = gy dy/dM`` and
+  ``gS = gy dy/dS`` computed inside the gather (one write of dx), and ``dq = sum gy cP`` over the outputs of
+  each parameter entry. Saved: index, lam, cP (plus x, kth, tie for T_K).
 
 * ``poolkit::window_power_mean(x, p, eps, ...) -> (y, S, S')``: GeM, ``y = S^(1/p)`` with
   ``S = mean_R z^p``, ``z = max(x, eps)``, and ``S' = mean_R z^p ln z``. Backward:
@@ -52,9 +63,12 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "GATES",
     "accumulate_dtype",
     "memory_format",
+    "window_max_mean_blend_op",
     "window_max_mean_op",
+    "window_max_topk_blend_op",
     "window_max_topk_mean_op",
     "window_power_mean_op",
     "window_weighted_mean_op",
@@ -236,6 +250,201 @@ def _backward_max_topk(ctx: Any, grad_m: Tensor | None, grad_t: Tensor | None, *
 
 
 window_max_topk_mean_op.register_autograd(_backward_max_topk, setup_context=_setup_max_topk)
+
+
+# ---------------------------------------------------------------------------------------------- blends
+
+#: The gates of the blend operators: how lambda follows from the parameter q (see the module docstring).
+GATES = {"lerp": 0, "hard": 1, "soft": 2}
+
+
+def _blend_fakes(x: Tensor, out_size: Sequence[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """y, index, lambda and dy/dq, as the C++ kernels allocate them."""
+    acc = accumulate_dtype(x.dtype)
+    return (
+        _empty(x, out_size),
+        _empty(x, out_size, torch.int32),
+        _empty(x, out_size, acc),
+        _empty(x, out_size, acc),
+    )
+
+
+@torch.library.custom_op("poolkit::window_max_mean_blend", mutates_args=(), device_types="cpu")
+def window_max_mean_blend_op(
+    x: Tensor,
+    p: Tensor,
+    gate: int,
+    tau: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, index, lambda, dy/dq): the blend of M and A of every window; see the module docstring."""
+    outputs = torch.ops.poolkit_cpu.max_mean_blend_forward(
+        x, p, gate, tau, kernel, stride, padding, dilation, out_size
+    )
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+@window_max_mean_blend_op.register_fake
+def _(x: Tensor, p: Tensor, gate: int, tau: float, *geometry: Any) -> Any:
+    return _blend_fakes(x, geometry[-1])
+
+
+@torch.library.custom_op("poolkit::window_max_mean_blend_backward", mutates_args=(), device_types="cpu")
+def window_max_mean_blend_backward_op(
+    grad_y: Tensor,
+    index: Tensor,
+    lam: Tensor,
+    cp: Tensor,
+    gate: int,
+    p_size: Sequence[int],
+    p_grad: bool,
+    in_size: Sequence[int],
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> tuple[Tensor, Tensor]:
+    """(dx, dp) of :func:`window_max_mean_blend_op`; dp (p_size, zeros unless p_grad) in lam's dtype."""
+    gx, gp = torch.ops.poolkit_cpu.max_mean_blend_backward(
+        grad_y,
+        index,
+        lam,
+        cp,
+        gate,
+        p_size,
+        p_grad,
+        in_size,
+        kernel,
+        stride,
+        padding,
+        dilation,
+        channels_last,
+    )
+    return gx, gp
+
+
+@window_max_mean_blend_backward_op.register_fake
+def _(grad_y: Tensor, index: Tensor, lam: Tensor, cp: Tensor, gate: int, p_size: Any, p_grad: bool,
+      in_size: Any, *args: Any) -> Any:  # fmt: skip
+    return _empty_in(index, in_size, grad_y.dtype, channels_last=args[-1]), lam.new_empty(tuple(p_size))
+
+
+def _setup_blend(ctx: Any, x: Tensor, p: Tensor, gate: int, geometry: tuple[Any, ...]) -> None:
+    ctx.gate = gate
+    ctx.p_size = tuple(p.shape)
+    ctx.p_dtype = p.dtype
+    ctx.dtype = x.dtype
+    ctx.geometry = (*geometry, memory_format(x) == torch.channels_last)
+
+
+def _setup_max_mean_blend(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, p, gate, _, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(*output[1:])
+    ctx.in_size = tuple(x.shape[-2:])
+    _setup_blend(ctx, x, p, gate, (kernel, stride, padding, dilation))
+
+
+def _parameter_grad(ctx: Any, gp: Tensor) -> Tensor | None:
+    return gp.to(ctx.p_dtype) if ctx.needs_input_grad[1] else None
+
+
+def _backward_max_mean_blend(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    if grad_y is None:
+        return (None,) * 9
+    index, lam, cp = ctx.saved_tensors
+    gx, gp = window_max_mean_blend_backward_op(
+        grad_y.to(ctx.dtype), index, lam, cp, ctx.gate, ctx.p_size, ctx.needs_input_grad[1], ctx.in_size,
+        *ctx.geometry,
+    )  # fmt: skip
+    return gx, _parameter_grad(ctx, gp), None, None, None, None, None, None, None
+
+
+window_max_mean_blend_op.register_autograd(_backward_max_mean_blend, setup_context=_setup_max_mean_blend)
+
+
+@torch.library.custom_op("poolkit::window_max_topk_blend", mutates_args=(), device_types="cpu")
+def window_max_topk_blend_op(
+    x: Tensor,
+    p: Tensor,
+    k: int,
+    gate: int,
+    tau: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, index, kth, tie, lambda, dy/dq): the blend of M and T_K of every window (module docstring)."""
+    outputs = torch.ops.poolkit_cpu.max_topk_blend_forward(
+        x, p, k, gate, tau, kernel, stride, padding, dilation, out_size
+    )
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+@window_max_topk_blend_op.register_fake
+def _(x: Tensor, p: Tensor, k: int, gate: int, tau: float, *geometry: Any) -> Any:
+    y, index, lam, cp = _blend_fakes(x, geometry[-1])
+    return y, index, _empty(x, geometry[-1]), _empty(x, geometry[-1], accumulate_dtype(x.dtype)), lam, cp
+
+
+@torch.library.custom_op("poolkit::window_max_topk_blend_backward", mutates_args=(), device_types="cpu")
+def window_max_topk_blend_backward_op(
+    grad_y: Tensor,
+    x: Tensor,
+    index: Tensor,
+    kth: Tensor,
+    tie: Tensor,
+    lam: Tensor,
+    cp: Tensor,
+    gate: int,
+    p_size: Sequence[int],
+    p_grad: bool,
+    k: int,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> tuple[Tensor, Tensor]:
+    """(dx, dp) of :func:`window_max_topk_blend_op`; dp (p_size, zeros unless p_grad) in lam's dtype."""
+    gx, gp = torch.ops.poolkit_cpu.max_topk_blend_backward(
+        grad_y, x, index, kth, tie, lam, cp, gate, p_size, p_grad, k, kernel, stride, padding, dilation,
+        channels_last,
+    )  # fmt: skip
+    return gx, gp
+
+
+@window_max_topk_blend_backward_op.register_fake
+def _(grad_y: Tensor, x: Tensor, index: Tensor, kth: Tensor, tie: Tensor, lam: Tensor, cp: Tensor, gate: int,
+      p_size: Any, *args: Any) -> Any:  # fmt: skip
+    return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1]), lam.new_empty(tuple(p_size))
+
+
+def _setup_max_topk_blend(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, p, k, gate, _, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, *output[1:])
+    ctx.k = k
+    _setup_blend(ctx, x, p, gate, (kernel, stride, padding, dilation))
+
+
+def _backward_max_topk_blend(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    if grad_y is None:
+        return (None,) * 10
+    x, index, kth, tie, lam, cp = ctx.saved_tensors
+    gx, gp = window_max_topk_blend_backward_op(
+        grad_y.to(x.dtype), x, index, kth, tie, lam, cp, ctx.gate, ctx.p_size, ctx.needs_input_grad[1], ctx.k,
+        *ctx.geometry,
+    )  # fmt: skip
+    return gx, _parameter_grad(ctx, gp), None, None, None, None, None, None, None, None
+
+
+window_max_topk_blend_op.register_autograd(_backward_max_topk_blend, setup_context=_setup_max_topk_blend)
 
 
 # ------------------------------------------------------------------------------------------ power mean

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -195,15 +196,13 @@ inline void max_mean_step(const scalar_t* src, int64_t step, int64_t n, int32_t 
   }
 }
 
-template <typename scalar_t>
-void max_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, Tensor& m, Tensor& a, Tensor& idx) {
+// (M, A, index) of every window; emit(r, line, best, mean, where) writes line r's outputs (L values each).
+template <typename scalar_t, typename Emit>
+void max_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, Emit&& emit) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
   const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  scalar_t* mp = m.mutable_data_ptr<scalar_t>();
-  scalar_t* ap = a.mutable_data_ptr<scalar_t>();
-  int32_t* ip = idx.mutable_data_ptr<int32_t>();
   const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
   at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw()), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> best(L), sum(L);
@@ -222,12 +221,14 @@ void max_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, Tensor& 
           max_mean_step<false>(xp + offset, step, n, cell, best.data() + lo, sum.data() + lo, where.data() + lo);
         }
       });
-      const int64_t out = r * L;  // NCHW: (plane * OH + oh) * OW; channels_last: ((n * OH + oh) * OW + ow) * C
-      for (int64_t j = 0; j < L; ++j) {
-        mp[out + j] = static_cast<scalar_t>(best[j]);
-        ap[out + j] = static_cast<scalar_t>(sum[j] * inv[line.oh * OW + (cl ? line.ow : j)]);
-        ip[out + j] = where[j];
+      const acc_t* inv_row = inv.data() + line.oh * OW;
+      if (cl) {
+        const acc_t scale = inv_row[line.ow];
+        for (int64_t j = 0; j < L; ++j) sum[j] *= scale;
+      } else {
+        for (int64_t j = 0; j < L; ++j) sum[j] *= inv_row[j];
       }
+      emit(r, line, best.data(), sum.data(), where.data());
     }
   });
 }
@@ -243,42 +244,85 @@ std::tuple<Tensor, Tensor, Tensor> max_mean_forward(const Tensor& input, at::Int
   Tensor a = at::empty(shape, x.options().memory_format(fmt));
   Tensor idx = at::empty(shape, x.options().dtype(at::kInt).memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_mean_forward", [&] {
-    max_mean_forward_impl<scalar_t>(x, g, fmt == at::MemoryFormat::ChannelsLast, m, a, idx);
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t L = fmt == at::MemoryFormat::ChannelsLast ? x.size(1) : g.w.out;
+    scalar_t* mp = m.mutable_data_ptr<scalar_t>();
+    scalar_t* ap = a.mutable_data_ptr<scalar_t>();
+    int32_t* ip = idx.mutable_data_ptr<int32_t>();
+    max_mean_forward_impl<scalar_t>(
+        x, g, fmt == at::MemoryFormat::ChannelsLast,
+        [&](int64_t r, const Line&, const acc_t* best, const acc_t* mean, const int32_t* where) {
+          const int64_t out = r * L;  // NCHW: (plane * OH + oh) * OW; channels_last: ((n * OH + oh) * OW + ow) * C
+          for (int64_t j = 0; j < L; ++j) {
+            mp[out + j] = static_cast<scalar_t>(best[j]);
+            ap[out + j] = static_cast<scalar_t>(mean[j]);
+            ip[out + j] = where[j];
+          }
+        });
   });
   return {m, a, idx};
 }
 
+// The output gradients (gM, gS) that the backward kernels scatter, per output o: read as they are (the
+// statistics' own operators), or, for the blends, gy times the coefficients saved by the forward:
+// gM = gy (lam - [soft] cP), gS = gy (1 - lam) (see BlendGate), so that the backward makes no extra pass.
+enum GradKind : int { kPlain = 0, kBlend = 1, kSoftBlend = 2 };
+
+template <typename scalar_t, int Kind>
+struct OutputGrads {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* a;  // gM, or gy for a blend
+  const scalar_t* b;  // gS (unused for a blend)
+  const acc_t* lam = nullptr;
+  const acc_t* cp = nullptr;
+
+  inline acc_t m(int64_t o) const {
+    if constexpr (Kind == kSoftBlend) {
+      return static_cast<acc_t>(a[o]) * (lam[o] - cp[o]);
+    } else if constexpr (Kind == kBlend) {
+      return static_cast<acc_t>(a[o]) * lam[o];
+    } else {
+      return static_cast<acc_t>(a[o]);
+    }
+  }
+  inline acc_t s(int64_t o) const {
+    if constexpr (Kind == kPlain) {
+      return static_cast<acc_t>(b[o]);
+    } else {
+      return static_cast<acc_t>(a[o]) * (acc_t(1) - lam[o]);
+    }
+  }
+};
+
 // The gradient that one window passes to one of its cells: gM if the cell is the window's first maximum,
 // plus gA / n. Branch-free (every operand loaded, a select instead of a jump): which cell holds the maximum
 // is data, and a mispredicted branch per cell costs more than the arithmetic.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-inline acc_t grad_of_cell(int32_t index, int32_t cell, scalar_t grad_m, scalar_t grad_a, acc_t inv_count) {
+template <typename grad_t, typename acc_t>
+inline acc_t grad_of_cell(int32_t index, int32_t cell, grad_t grad_m, grad_t grad_a, acc_t inv_count) {
   const acc_t gm = static_cast<acc_t>(grad_m);
   return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_a) * inv_count;
 }
 
 // The gradient that one window passes to one of its cells of value v for (M, T_K): gM if the cell is the
 // first maximum; gT / K if v is above the K-th largest value, gT * tie if equal to it. Branch-free.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-inline acc_t topk_grad_of_cell(int32_t index, int32_t cell, scalar_t grad_m, scalar_t grad_t, scalar_t value,
+template <typename grad_t, typename scalar_t, typename acc_t>
+inline acc_t topk_grad_of_cell(int32_t index, int32_t cell, grad_t grad_m, grad_t grad_t_, scalar_t value,
                                scalar_t kth, acc_t tie, acc_t inv_k) {
   const acc_t gm = static_cast<acc_t>(grad_m), v = static_cast<acc_t>(value), t = static_cast<acc_t>(kth);
   const acc_t share = v > t ? inv_k : acc_t(0);
   const acc_t tied = v == t ? tie : acc_t(0);
-  return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_t) * (share + tied);
+  return (index == cell ? gm : acc_t(0)) + static_cast<acc_t>(grad_t_) * (share + tied);
 }
 
 // Input gradient of (M, A): cell (ih, iw) of a window gets gM where it is the window's first maximum, plus
 // gA / n of every window that contains it. NCHW: each thread owns whole input rows and adds every window
 // tap that reads the row into a row buffer; channels_last: each input position gathers its windows.
-template <typename scalar_t>
-void max_mean_backward_impl(const Tensor& gm, const Tensor& ga, const Tensor& idx, const Geometry& g, bool cl,
+template <typename scalar_t, int Kind>
+void max_mean_backward_impl(const OutputGrads<scalar_t, Kind>& src, const Tensor& idx, const Geometry& g, bool cl,
                             Tensor& gx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
   const int64_t kw = g.kw();
-  const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* gap = ga.const_data_ptr<scalar_t>();
   const int32_t* ip = idx.const_data_ptr<int32_t>();
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();
   const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
@@ -298,7 +342,7 @@ void max_mean_backward_impl(const Tensor& gm, const Tensor& ga, const Tensor& id
             const int32_t cell = static_cast<int32_t>(th * kw + tw);
             acc_t* dst = t + g.w.input(lo, tw);
             for (int64_t o = lo; o < hi; ++o) {
-              dst[(o - lo) * sw] += grad_of_cell(ip[row + o], cell, gmp[row + o], gap[row + o], inv[oh * OW + o]);
+              dst[(o - lo) * sw] += grad_of_cell(ip[row + o], cell, src.m(row + o), src.s(row + o), inv[oh * OW + o]);
             }
           }
         }
@@ -311,10 +355,8 @@ void max_mean_backward_impl(const Tensor& gm, const Tensor& ga, const Tensor& id
             const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
             const acc_t scale = inv[o];
             const int64_t at_o = (n * OH * OW + o) * C;
-            const scalar_t* __restrict gmo = gmp + at_o;
-            const scalar_t* __restrict gao = gap + at_o;
             const int32_t* __restrict io = ip + at_o;
-            for (int64_t c = 0; c < C; ++c) t[c] += grad_of_cell(io[c], cell, gmo[c], gao[c], scale);
+            for (int64_t c = 0; c < C; ++c) t[c] += grad_of_cell(io[c], cell, src.m(at_o + c), src.s(at_o + c), scale);
           }
         }
       }
@@ -334,7 +376,8 @@ Tensor max_mean_backward(const Tensor& grad_m, const Tensor& grad_a, const Tenso
   Tensor gx = at::empty({idx.size(0), idx.size(1), in_size[0], in_size[1]}, grad_m.options().memory_format(fmt));
   const Geometry g = make_geometry(gx, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gm.scalar_type(), "poolkit_max_mean_backward", [&] {
-    max_mean_backward_impl<scalar_t>(gm, ga, ix, g, fmt == at::MemoryFormat::ChannelsLast, gx);
+    const OutputGrads<scalar_t, kPlain> src{gm.const_data_ptr<scalar_t>(), ga.const_data_ptr<scalar_t>()};
+    max_mean_backward_impl<scalar_t>(src, ix, g, fmt == at::MemoryFormat::ChannelsLast, gx);
   });
   return gx;
 }
@@ -362,18 +405,14 @@ inline void topk_step(const acc_t* __restrict v, int64_t n, int64_t k, int64_t L
   }
 }
 
-template <typename scalar_t>
-void max_topk_forward_impl(const Tensor& x, const Geometry& g, int64_t k, bool cl, Tensor& m, Tensor& t,
-                           Tensor& idx, Tensor& kth, Tensor& tie) {
+// (M, T_K, index, kth, tie) of every window; emit(r, line, best, top_mean, where, kth, tie) writes line r's
+// outputs (L values each).
+template <typename scalar_t, typename Emit>
+void max_topk_forward_impl(const Tensor& x, const Geometry& g, int64_t k, bool cl, Emit&& emit) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
   const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
-  scalar_t* mp = m.mutable_data_ptr<scalar_t>();
-  scalar_t* tp = t.mutable_data_ptr<scalar_t>();
-  int32_t* ip = idx.mutable_data_ptr<int32_t>();
-  scalar_t* kp = kth.mutable_data_ptr<scalar_t>();
-  acc_t* sp = tie.mutable_data_ptr<acc_t>();
   const acc_t inv_k = acc_t(1) / acc_t(k);
   at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * k), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> top(k * L), values(L), above(L), equal(L);
@@ -384,7 +423,11 @@ void max_topk_forward_impl(const Tensor& x, const Geometry& g, int64_t k, bool c
       for (int64_t j = 0; j < L; ++j) where[j] = g.first_cell(line.oh, cl ? line.ow : j);
       for_each_tap(g, line, C, [&](int32_t cell, int64_t offset, int64_t step, int64_t lo, int64_t n) {
         const scalar_t* src = xp + offset;
-        for (int64_t j = 0; j < n; ++j) values[j] = static_cast<acc_t>(src[j * step]);
+        if (step == 1) {
+          for (int64_t j = 0; j < n; ++j) values[j] = static_cast<acc_t>(src[j]);
+        } else {
+          for (int64_t j = 0; j < n; ++j) values[j] = static_cast<acc_t>(src[j * step]);
+        }
         topk_step(values.data(), n, k, L, cell, top.data() + lo, where.data() + lo);
       });
       // Count the cells above and equal to the K-th largest value: the cells equal to it share the
@@ -394,22 +437,23 @@ void max_topk_forward_impl(const Tensor& x, const Geometry& g, int64_t k, bool c
       std::fill(equal.begin(), equal.end(), acc_t(0));
       for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
         const scalar_t* src = xp + offset;
+        acc_t* __restrict up = above.data() + lo;
+        acc_t* __restrict eq = equal.data() + lo;
+        const acc_t* __restrict kl = kth_line + lo;
         for (int64_t j = 0; j < n; ++j) {
           const acc_t v = static_cast<acc_t>(src[j * step]);
-          above[lo + j] += v > kth_line[lo + j] ? acc_t(1) : acc_t(0);
-          equal[lo + j] += v == kth_line[lo + j] ? acc_t(1) : acc_t(0);
+          up[j] += v > kl[j] ? acc_t(1) : acc_t(0);
+          eq[j] += v == kl[j] ? acc_t(1) : acc_t(0);
         }
       });
-      const int64_t out = r * L;
+      // values <- T_K, above <- tie share
       for (int64_t j = 0; j < L; ++j) {
         acc_t sum = 0;
         for (int64_t l = 0; l < k; ++l) sum += top[l * L + j];
-        mp[out + j] = static_cast<scalar_t>(top[j]);
-        tp[out + j] = static_cast<scalar_t>(sum * inv_k);
-        ip[out + j] = where[j];
-        kp[out + j] = static_cast<scalar_t>(kth_line[j]);
-        sp[out + j] = equal[j] > 0 ? (acc_t(k) - above[j]) / (acc_t(k) * equal[j]) : acc_t(0);
+        values[j] = sum * inv_k;
+        above[j] = equal[j] > 0 ? (acc_t(k) - above[j]) / (acc_t(k) * equal[j]) : acc_t(0);
       }
+      emit(r, line, top.data(), values.data(), where.data(), kth_line, above.data());
     }
   });
 }
@@ -430,22 +474,39 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_forward(const Tensor
   Tensor idx = at::empty(shape, opts.dtype(at::kInt));
   Tensor tie = at::empty(shape, opts.dtype(acc));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_forward", [&] {
-    max_topk_forward_impl<scalar_t>(x, g, k, fmt == at::MemoryFormat::ChannelsLast, m, t, idx, kth, tie);
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t L = fmt == at::MemoryFormat::ChannelsLast ? x.size(1) : g.w.out;
+    scalar_t* mp = m.mutable_data_ptr<scalar_t>();
+    scalar_t* tp = t.mutable_data_ptr<scalar_t>();
+    int32_t* ip = idx.mutable_data_ptr<int32_t>();
+    scalar_t* kp = kth.mutable_data_ptr<scalar_t>();
+    acc_t* sp = tie.mutable_data_ptr<acc_t>();
+    max_topk_forward_impl<scalar_t>(
+        x, g, k, fmt == at::MemoryFormat::ChannelsLast,
+        [&](int64_t r, const Line&, const acc_t* best, const acc_t* top_mean, const int32_t* where,
+            const acc_t* kth_line, const acc_t* share) {
+          const int64_t out = r * L;
+          for (int64_t j = 0; j < L; ++j) {
+            mp[out + j] = static_cast<scalar_t>(best[j]);
+            tp[out + j] = static_cast<scalar_t>(top_mean[j]);
+            ip[out + j] = where[j];
+            kp[out + j] = static_cast<scalar_t>(kth_line[j]);
+            sp[out + j] = share[j];
+          }
+        });
   });
   return {m, t, idx, kth, tie};
 }
 
 // Input gradient of (M, T_K): gM to the window's first maximum; gT / K to each cell above the K-th largest
 // value t, gT * tie to each cell equal to it. Same loop structure as max_mean_backward_impl.
-template <typename scalar_t>
-void max_topk_backward_impl(const Tensor& gm, const Tensor& gt, const Tensor& x, const Tensor& idx,
+template <typename scalar_t, int Kind>
+void max_topk_backward_impl(const OutputGrads<scalar_t, Kind>& src, const Tensor& x, const Tensor& idx,
                             const Tensor& kth, const Tensor& tie, int64_t k, const Geometry& g, bool cl,
                             Tensor& gx) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
   const int64_t kw = g.kw();
-  const scalar_t* gmp = gm.const_data_ptr<scalar_t>();
-  const scalar_t* gtp = gt.const_data_ptr<scalar_t>();
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   const int32_t* ip = idx.const_data_ptr<int32_t>();
   const scalar_t* kp = kth.const_data_ptr<scalar_t>();
@@ -470,7 +531,7 @@ void max_topk_backward_impl(const Tensor& gm, const Tensor& gt, const Tensor& x,
             const int64_t first = g.w.input(lo, tw);
             for (int64_t o = lo; o < hi; ++o) {
               const int64_t iw = first + (o - lo) * sw;
-              t[iw] += topk_grad_of_cell(ip[row + o], cell, gmp[row + o], gtp[row + o], xr[iw], kp[row + o],
+              t[iw] += topk_grad_of_cell(ip[row + o], cell, src.m(row + o), src.s(row + o), xr[iw], kp[row + o],
                                          sp[row + o], inv_k);
             }
           }
@@ -483,7 +544,7 @@ void max_topk_backward_impl(const Tensor& gm, const Tensor& gt, const Tensor& x,
             const int64_t o = (n * OH * OW + oh * OW + g.w.outs[f]) * C;
             const int32_t cell = static_cast<int32_t>(th * kw + g.w.taps[f]);
             for (int64_t c = 0; c < C; ++c) {
-              t[c] += topk_grad_of_cell(ip[o + c], cell, gmp[o + c], gtp[o + c], xr[c], kp[o + c], sp[o + c], inv_k);
+              t[c] += topk_grad_of_cell(ip[o + c], cell, src.m(o + c), src.s(o + c), xr[c], kp[o + c], sp[o + c], inv_k);
             }
           }
         }
@@ -504,9 +565,342 @@ Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tenso
   Tensor gx = at::empty(x.sizes(), grad_m.options().memory_format(fmt));
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_backward", [&] {
-    max_topk_backward_impl<scalar_t>(gm, gt, x, ix, kt, ti, k, g, fmt == at::MemoryFormat::ChannelsLast, gx);
+    const OutputGrads<scalar_t, kPlain> src{gm.const_data_ptr<scalar_t>(), gt.const_data_ptr<scalar_t>()};
+    max_topk_backward_impl<scalar_t>(src, x, ix, kt, ti, k, g, fmt == at::MemoryFormat::ChannelsLast, gx);
   });
   return gx;
+}
+
+// ---------------------------------------------------------------------------------------------- blends
+
+// y = lam M + (1 - lam) S of every window, S the window mean A or the top-K mean T_K, lam from the gate
+// (BlendGate) and a parameter q per (sample, channel), in one pass. Saved per output for the backward: lam
+// and cP = dy/dq, from which dy/dM = lam - [soft] cP and dy/dS = 1 - lam, so that the backward kernels
+// make no elementwise pass of their own.
+enum BlendGate : int64_t {
+  kLerp = 0,  // lam = q:                          cP = M - S
+  kHard = 1,  // lam = [M >= q]:                   cP = 0
+  kSoft = 2,  // lam = sigmoid((M - q) / tau):     cP = -(M - S) lam (1 - lam) / tau
+};
+
+// exp for the sigmoid of the soft gate, branch-free so that the epilogue loop vectorises: Cody-Waite range
+// reduction and Cephes' degree-7 polynomial (relative error below 1e-7 in float); std::exp in double.
+inline float gate_exp(float v) {
+  v = std::min(std::max(v, -87.0f), 88.0f);
+  // n = round(v / ln 2) by the 1.5 * 2^23 trick (no floor call, so the loop vectorises)
+  const float shifted = v * 1.44269504088896341f + 12582912.0f;
+  const float n = shifted - 12582912.0f;
+  float r = v - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+inline double gate_exp(double v) { return std::exp(v); }
+
+// torch.lerp's formula (the reference path blends with torch.lerp): exact at both ends.
+template <typename acc_t>
+inline acc_t lerp_of(acc_t start, acc_t end, acc_t weight) {
+  const acc_t diff = end - start;
+  return weight < acc_t(0.5) ? start + weight * diff : end - diff * (acc_t(1) - weight);
+}
+
+// Per-(sample, channel) parameter: q(n, c) = p[n * pn + c * pc] (pn, pc are 0 where p is broadcast).
+template <typename acc_t>
+struct BlendParam {
+  const acc_t* p;
+  int64_t pn, pc;
+};
+
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+struct BlendOutputs {
+  scalar_t* y;
+  int32_t* idx;
+  acc_t *lam, *cp;
+  int64_t gate;
+  acc_t tau;
+
+  // Outputs out .. out + L - 1 of values M (max) and S (mean or top-K mean), parameters q[j * q_step].
+  template <int64_t Gate>
+  inline void put_range(int64_t out, int64_t L, const acc_t* __restrict m, const acc_t* __restrict s,
+                        const acc_t* __restrict q, int64_t q_step) const {
+    scalar_t* __restrict yo = y + out;
+    acc_t* __restrict lo = lam + out;
+    acc_t* __restrict cpo = cp + out;
+    const acc_t inv_tau = acc_t(1) / tau;
+    for (int64_t j = 0; j < L; ++j) {
+      const acc_t mj = m[j], sj = s[j], qj = q[j * q_step];
+      if constexpr (Gate == kLerp) {
+        yo[j] = static_cast<scalar_t>(lerp_of(sj, mj, qj));
+        lo[j] = qj;
+        cpo[j] = mj - sj;
+      } else if constexpr (Gate == kHard) {
+        const bool take = mj >= qj;  // torch.where(M >= T, M, S)
+        yo[j] = static_cast<scalar_t>(take ? mj : sj);
+        lo[j] = take ? acc_t(1) : acc_t(0);
+        cpo[j] = 0;
+      } else {
+        // A weight below 2^-64 is 0: it changes y by less than 2^-64 |M - S|, and it keeps subnormal numbers,
+        // whose arithmetic is ~100x slower on x86, out of this loop and of the backward.
+        const acc_t sig = acc_t(1) / (acc_t(1) + gate_exp((qj - mj) * inv_tau));
+        const acc_t l = sig < acc_t(5.421010862427522e-20) ? acc_t(0) : sig;
+        const acc_t slope = -(mj - sj) * l * (acc_t(1) - l) * inv_tau;
+        yo[j] = static_cast<scalar_t>(lerp_of(sj, mj, l));
+        lo[j] = l;
+        cpo[j] = std::abs(slope) < std::numeric_limits<acc_t>::min() ? acc_t(0) : slope;
+      }
+    }
+  }
+
+  // Line r's L outputs; (n, c) of output j: channels_last (line.n, j), NCHW (plane / C, plane % C).
+  inline void put_line(int64_t r, int64_t L, int64_t C, bool cl, const Line& line, const BlendParam<acc_t>& p,
+                       const acc_t* m, const acc_t* s, const int32_t* where) const {
+    const int64_t out = r * L;
+    const acc_t* q = cl ? p.p + line.n * p.pn : p.p + (line.plane / C) * p.pn + (line.plane % C) * p.pc;
+    const int64_t q_step = cl ? p.pc : 0;
+    if (gate == kLerp) {
+      put_range<kLerp>(out, L, m, s, q, q_step);
+    } else if (gate == kHard) {
+      put_range<kHard>(out, L, m, s, q, q_step);
+    } else {
+      put_range<kSoft>(out, L, m, s, q, q_step);
+    }
+    int32_t* __restrict io = idx + out;
+    for (int64_t j = 0; j < L; ++j) io[j] = where[j];
+  }
+};
+
+// The layout a blend runs in: an NCHW line is one output row, and rows of fewer than kNarrowRow outputs (the
+// 4x4 and 2x2 maps of VGG's last blocks) cost more in per-line overhead than in data, so such inputs run in
+// channels_last (lines of C) and pay a transposed copy of the input (and of the input gradient) instead; the
+// outputs are returned in the input's layout.
+constexpr int64_t kNarrowRow = 8;
+
+at::MemoryFormat run_format(at::MemoryFormat fmt, int64_t channels, int64_t out_w) {
+  const bool narrow = fmt == at::MemoryFormat::Contiguous && channels > 1 && out_w < kNarrowRow;
+  return narrow ? at::MemoryFormat::ChannelsLast : fmt;
+}
+
+// p: (PN, PC) with PN in {1, N} and PC in {1, C}, in the arithmetic type.
+template <typename acc_t>
+BlendParam<acc_t> blend_param(const Tensor& p, int64_t N, int64_t C) {
+  return {p.const_data_ptr<acc_t>(), p.size(0) == N && N > 1 ? p.size(1) : 0, p.size(1) == C && C > 1 ? 1 : 0};
+}
+
+at::ScalarType arithmetic_type(const Tensor& x) { return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
+
+Tensor blend_param_tensor(const Tensor& p, const Tensor& x) {
+  TORCH_CHECK(p.dim() == 2 && (p.size(0) == 1 || p.size(0) == x.size(0)) && (p.size(1) == 1 || p.size(1) == x.size(1)),
+              "poolkit blend kernels: the parameter must be (1 or N, 1 or C), got ", p.sizes());
+  return p.to(arithmetic_type(x)).contiguous();
+}
+
+void check_gate(int64_t gate, double tau) {
+  TORCH_CHECK(gate == kLerp || gate == kHard || gate == kSoft, "poolkit blend kernels: gate must be 0, 1 or 2");
+  TORCH_CHECK(gate != kSoft || tau > 0, "poolkit blend kernels: tau must be positive, got ", tau);
+}
+
+// y, index, lam, cP
+std::vector<Tensor> blend_outputs(const Tensor& x, const Geometry& g, at::MemoryFormat fmt) {
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const auto opts = x.options().memory_format(fmt);
+  const auto acc = opts.dtype(arithmetic_type(x));
+  return {at::empty(shape, opts), at::empty(shape, opts.dtype(at::kInt)), at::empty(shape, acc), at::empty(shape, acc)};
+}
+
+template <typename scalar_t>
+BlendOutputs<scalar_t> blend_pointers(std::vector<Tensor>& out, int64_t gate, double tau) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return {out[0].mutable_data_ptr<scalar_t>(), out[1].mutable_data_ptr<int32_t>(), out[2].mutable_data_ptr<acc_t>(),
+          out[3].mutable_data_ptr<acc_t>(), gate, static_cast<acc_t>(tau)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> max_mean_blend_forward(const Tensor& input, const Tensor& p, int64_t gate,
+                                                                  double tau, at::IntArrayRef kernel,
+                                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                                  at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  check_gate(gate, tau);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input), run = run_format(fmt, input.size(1), g.w.out);
+  const Tensor x = input.contiguous(run);
+  const Tensor q = blend_param_tensor(p, x);
+  std::vector<Tensor> out = blend_outputs(x, g, run);
+  const bool cl = run == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_mean_blend_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = x.size(1), L = cl ? C : g.w.out;
+    const BlendOutputs<scalar_t> o = blend_pointers<scalar_t>(out, gate, tau);
+    const BlendParam<acc_t> bp = blend_param<acc_t>(q, x.size(0), C);
+    max_mean_forward_impl<scalar_t>(
+        x, g, cl, [&](int64_t r, const Line& line, const acc_t* best, const acc_t* mean, const int32_t* where) {
+          o.put_line(r, L, C, cl, line, bp, best, mean, where);
+        });
+  });
+  return {out[0].contiguous(fmt), out[1].contiguous(fmt), out[2].contiguous(fmt), out[3].contiguous(fmt)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> max_topk_blend_forward(
+    const Tensor& input, const Tensor& p, int64_t k, int64_t gate, double tau, at::IntArrayRef kernel,
+    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(k >= 1, "poolkit max_topk_blend_forward: k must be positive, got ", k);
+  check_gate(gate, tau);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input), run = run_format(fmt, input.size(1), g.w.out);
+  const Tensor x = input.contiguous(run);
+  const Tensor q = blend_param_tensor(p, x);
+  std::vector<Tensor> out = blend_outputs(x, g, run);
+  Tensor kth = at::empty_like(out[0]), tie = at::empty_like(out[2]);
+  const bool cl = run == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_blend_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const int64_t C = x.size(1), L = cl ? C : g.w.out;
+    const BlendOutputs<scalar_t> o = blend_pointers<scalar_t>(out, gate, tau);
+    const BlendParam<acc_t> bp = blend_param<acc_t>(q, x.size(0), C);
+    scalar_t* kp = kth.mutable_data_ptr<scalar_t>();
+    acc_t* sp = tie.mutable_data_ptr<acc_t>();
+    max_topk_forward_impl<scalar_t>(
+        x, g, k, cl,
+        [&](int64_t r, const Line& line, const acc_t* best, const acc_t* top_mean, const int32_t* where,
+            const acc_t* kth_line, const acc_t* share) {
+          o.put_line(r, L, C, cl, line, bp, best, top_mean, where);
+          for (int64_t j = 0; j < L; ++j) {
+            kp[r * L + j] = static_cast<scalar_t>(kth_line[j]);
+            sp[r * L + j] = share[j];
+          }
+        });
+  });
+  return {out[0].contiguous(fmt), out[1].contiguous(fmt), kth.contiguous(fmt), tie.contiguous(fmt),
+          out[2].contiguous(fmt),  out[3].contiguous(fmt)};
+}
+
+// gp = sum of gy cP over the outputs of each parameter entry: (PN, PC) like the parameter, in the arithmetic
+// type (one pass over the outputs, in parallel over the samples).
+template <typename scalar_t>
+void blend_param_grad(const Tensor& gy, const Tensor& cp, bool cl, int64_t PN, int64_t PC, Tensor& gp) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = gy.size(0), C = gy.size(1), P = gy.size(2) * gy.size(3);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const acc_t* cpp = cp.const_data_ptr<acc_t>();
+  std::vector<acc_t> per_sample(N * C, acc_t(0));  // sum of gy cP per (n, c)
+  at::parallel_for(0, N, grain(C * P), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      acc_t* __restrict part = per_sample.data() + n * C;
+      const int64_t base = n * C * P;
+      if (cl) {  // (n, position, c)
+        for (int64_t o = 0; o < P; ++o) {
+          const scalar_t* __restrict gyo = gyp + base + o * C;
+          const acc_t* __restrict cpo = cpp + base + o * C;
+          for (int64_t c = 0; c < C; ++c) part[c] += static_cast<acc_t>(gyo[c]) * cpo[c];
+        }
+      } else {  // (n, c, position)
+        for (int64_t c = 0; c < C; ++c) {
+          const scalar_t* __restrict gyc = gyp + base + c * P;
+          const acc_t* __restrict cpc = cpp + base + c * P;
+          acc_t total = 0;
+          for (int64_t o = 0; o < P; ++o) total += static_cast<acc_t>(gyc[o]) * cpc[o];
+          part[c] = total;
+        }
+      }
+    }
+  });
+  acc_t* gpp = gp.mutable_data_ptr<acc_t>();  // zeros
+  for (int64_t n = 0; n < N; ++n) {
+    acc_t* __restrict dst = gpp + (PN == 1 ? 0 : n * PC);
+    const acc_t* __restrict src = per_sample.data() + n * C;
+    if (PC == C) {
+      for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
+    } else {
+      acc_t total = 0;
+      for (int64_t c = 0; c < C; ++c) total += src[c];
+      dst[0] += total;
+    }
+  }
+}
+
+// What the two blend backwards share: the layout, gy in it and in x's dtype, the saved lam and cP in it,
+// the parameter's gradient (zeros unless asked for) and the output gradients' source.
+struct BlendBackward {
+  at::MemoryFormat fmt;
+  Tensor gy, lam, cp, gp;
+};
+
+BlendBackward blend_backward(const Tensor& grad_y, const Tensor& lam, const Tensor& cp, at::ScalarType dtype,
+                             at::IntArrayRef p_size, bool p_grad, bool channels_last) {
+  TORCH_CHECK(p_size.size() == 2, "poolkit blend backward: p_size must be (PN, PC)");
+  BlendBackward b;
+  b.fmt = layout_flag(channels_last);
+  b.gy = grad_y.to(dtype).contiguous(b.fmt);
+  b.lam = lam.contiguous(b.fmt);
+  b.cp = cp.contiguous(b.fmt);
+  b.gp = at::zeros({p_size[0], p_size[1]}, lam.options());
+  if (p_grad) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "poolkit_blend_param_grad", [&] {
+      blend_param_grad<scalar_t>(b.gy, b.cp, b.fmt == at::MemoryFormat::ChannelsLast, p_size[0], p_size[1], b.gp);
+    });
+  }
+  return b;
+}
+
+template <typename scalar_t, int Kind>
+OutputGrads<scalar_t, Kind> blend_sources(const BlendBackward& b) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* gy = b.gy.const_data_ptr<scalar_t>();
+  return {gy, gy, b.lam.const_data_ptr<acc_t>(), b.cp.const_data_ptr<acc_t>()};
+}
+
+std::tuple<Tensor, Tensor> max_mean_blend_backward(const Tensor& grad_y, const Tensor& idx, const Tensor& lam,
+                                                   const Tensor& cp, int64_t gate, at::IntArrayRef p_size,
+                                                   bool p_grad, at::IntArrayRef in_size, at::IntArrayRef kernel,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, bool channels_last) {
+  TORCH_CHECK(in_size.size() == 2, "poolkit max_mean_blend_backward: in_size must be (H, W)");
+  const at::MemoryFormat fmt = layout_flag(channels_last), run = run_format(fmt, idx.size(1), idx.size(3));
+  const BlendBackward b = blend_backward(grad_y, lam, cp, grad_y.scalar_type(), p_size, p_grad,
+                                         run == at::MemoryFormat::ChannelsLast);
+  const Tensor ix = idx.contiguous(b.fmt);
+  Tensor gx = at::empty({idx.size(0), idx.size(1), in_size[0], in_size[1]}, b.gy.options().memory_format(b.fmt));
+  const Geometry g = make_geometry(gx, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gx.scalar_type(), "poolkit_max_mean_blend_backward", [&] {
+    const bool cl = b.fmt == at::MemoryFormat::ChannelsLast;
+    if (gate == kSoft) {
+      max_mean_backward_impl<scalar_t>(blend_sources<scalar_t, kSoftBlend>(b), ix, g, cl, gx);
+    } else {
+      max_mean_backward_impl<scalar_t>(blend_sources<scalar_t, kBlend>(b), ix, g, cl, gx);
+    }
+  });
+  return {gx.contiguous(fmt), b.gp};
+}
+
+std::tuple<Tensor, Tensor> max_topk_blend_backward(const Tensor& grad_y, const Tensor& input, const Tensor& idx,
+                                                   const Tensor& kth, const Tensor& tie, const Tensor& lam,
+                                                   const Tensor& cp, int64_t gate, at::IntArrayRef p_size,
+                                                   bool p_grad, int64_t k, at::IntArrayRef kernel,
+                                                   at::IntArrayRef stride, at::IntArrayRef padding,
+                                                   at::IntArrayRef dilation, bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last), run = run_format(fmt, idx.size(1), idx.size(3));
+  const BlendBackward b = blend_backward(grad_y, lam, cp, input.scalar_type(), p_size, p_grad,
+                                         run == at::MemoryFormat::ChannelsLast);
+  const Tensor x = input.contiguous(b.fmt), ix = idx.contiguous(b.fmt), kt = kth.contiguous(b.fmt);
+  const Tensor ti = tie.contiguous(b.fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(b.fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {idx.size(2), idx.size(3)});
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_max_topk_blend_backward", [&] {
+    const bool cl = b.fmt == at::MemoryFormat::ChannelsLast;
+    if (gate == kSoft) {
+      max_topk_backward_impl<scalar_t>(blend_sources<scalar_t, kSoftBlend>(b), x, ix, kt, ti, k, g, cl, gx);
+    } else {
+      max_topk_backward_impl<scalar_t>(blend_sources<scalar_t, kBlend>(b), x, ix, kt, ti, k, g, cl, gx);
+    }
+  });
+  return {gx.contiguous(fmt), b.gp};
 }
 
 // ------------------------------------------------------------------------------------------ power mean
@@ -833,6 +1227,16 @@ TORCH_LIBRARY(poolkit_cpu, m) {
         " int[] dilation, int[] out_size) -> (Tensor, Tensor)");
   m.def("weighted_mean_backward(Tensor grad_y, Tensor y, Tensor d, Tensor x, Tensor w, int[] kernel,"
         " int[] stride, int[] padding, int[] dilation, bool channels_last) -> (Tensor, Tensor)");
+  m.def("max_mean_blend_forward(Tensor x, Tensor p, int gate, float tau, int[] kernel, int[] stride,"
+        " int[] padding, int[] dilation, int[] out_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("max_mean_blend_backward(Tensor grad_y, Tensor idx, Tensor lam, Tensor cp, int gate, int[] p_size,"
+        " bool p_grad, int[] in_size, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " bool channels_last) -> (Tensor, Tensor)");
+  m.def("max_topk_blend_forward(Tensor x, Tensor p, int k, int gate, float tau, int[] kernel, int[] stride,"
+        " int[] padding, int[] dilation, int[] out_size) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("max_topk_blend_backward(Tensor grad_y, Tensor x, Tensor idx, Tensor kth, Tensor tie, Tensor lam, Tensor cp,"
+        " int gate, int[] p_size, bool p_grad, int k, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " bool channels_last) -> (Tensor, Tensor)");
   m.def("max_topk_backward(Tensor grad_m, Tensor grad_t, Tensor x, Tensor idx, Tensor kth, Tensor tie, int k,"
         " int[] kernel, int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
 }
@@ -842,6 +1246,10 @@ TORCH_LIBRARY_IMPL(poolkit_cpu, CPU, m) {
   m.impl("max_mean_backward", &max_mean_backward);
   m.impl("max_topk_forward", &max_topk_forward);
   m.impl("max_topk_backward", &max_topk_backward);
+  m.impl("max_mean_blend_forward", &max_mean_blend_forward);
+  m.impl("max_mean_blend_backward", &max_mean_blend_backward);
+  m.impl("max_topk_blend_forward", &max_topk_blend_forward);
+  m.impl("max_topk_blend_backward", &max_topk_blend_backward);
   m.impl("power_mean_forward", &power_mean_forward);
   m.impl("power_mean_backward", &power_mean_backward);
   m.impl("weighted_mean_forward", &weighted_mean_forward);

@@ -31,6 +31,7 @@ from poolkit.layers.base import (
     prepare,
 )
 from poolkit.layers.fused import window_max_mean
+from poolkit.layers.gate import window_blend
 from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
@@ -48,8 +49,7 @@ __all__ = [
 
 def _blend(x: Tensor, g: Geometry, weight: Tensor) -> Tensor:
     """``lambda * M + (1 - lambda) * A`` with ``weight`` = lambda broadcastable to the output."""
-    m, a = window_max_mean(x, g)
-    return torch.lerp(a, m, weight.to(x.dtype))
+    return window_blend(x, g, weight)
 
 
 def _theta(theta: Tensor | float, x: Tensor, method: str) -> Tensor:

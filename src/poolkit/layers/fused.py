@@ -158,7 +158,8 @@ def fused_kernels_enabled(x: Tensor, geometry: PoolGeometry) -> bool:
     return kernel_path(x, geometry) != "native"
 
 
-def _geometry_args(geometry: PoolGeometry, x: Tensor) -> tuple[list[int], ...]:
+def geometry_args(geometry: PoolGeometry, x: Tensor) -> tuple[list[int], ...]:
+    """Kernel, stride, padding, dilation and output size of ``geometry`` on ``x``, for the operators."""
     g = geometry
     out = g.output_size(x.shape[-2], x.shape[-1])
     return list(g.kernel_size), list(g.stride), list(g.padding), list(g.dilation), list(out)
@@ -178,7 +179,7 @@ def window_max_mean(x: Tensor, geometry: PoolGeometry) -> tuple[Tensor, Tensor]:
     """
     path = kernel_path(x, geometry)
     if path == "compiled":
-        m, a, _ = window_max_mean_op(x, *_geometry_args(geometry, x))
+        m, a, _ = window_max_mean_op(x, *geometry_args(geometry, x))
         return m, a
     if path == "eager":
         m, a = _MaxMean.apply(x, geometry)
@@ -203,7 +204,7 @@ def window_max_topk_mean(x: Tensor, geometry: PoolGeometry, k: int) -> tuple[Ten
     if k >= geometry.area:
         return window_max_mean(x, geometry)
     if k > 1 and kernel_path(x, geometry, k) == "compiled":
-        m, top, *_ = window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))
+        m, top, *_ = window_max_topk_mean_op(x, k, *geometry_args(geometry, x))
         return m, top
     return window_max(x, geometry), window_topk_mean_fused(x, geometry, k)
 
@@ -225,7 +226,7 @@ def window_power_mean(x: Tensor, geometry: PoolGeometry, p: Tensor | float, eps:
     """
     if (not isinstance(p, Tensor) or p.numel() == 1) and kernel_path(x, geometry) == "compiled":
         exponent = p if isinstance(p, Tensor) else x.new_tensor(float(p), dtype=torch.float64)
-        y, _, _ = window_power_mean_op(x, exponent.reshape(()), float(eps), *_geometry_args(geometry, x))
+        y, _, _ = window_power_mean_op(x, exponent.reshape(()), float(eps), *geometry_args(geometry, x))
         return y
     xf = x.float() if x.element_size() < 4 else x
     if isinstance(p, Tensor):
@@ -257,7 +258,7 @@ def window_weighted_mean_fused(x: Tensor, weight: Tensor, geometry: PoolGeometry
         and weight.dtype == x.dtype
         and kernel_path(x, geometry) == "compiled"
     ):
-        y, _ = window_weighted_mean_op(x, weight, float(eps), *_geometry_args(geometry, x))
+        y, _ = window_weighted_mean_op(x, weight, float(eps), *geometry_args(geometry, x))
         return y
     return window_weighted_mean(x, weight, geometry, eps)
 
@@ -283,7 +284,7 @@ def window_topk_mean_fused(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
         return window_topk_mean(x, geometry, k)
     path = kernel_path(x, geometry, k)
     if path == "compiled":
-        return window_max_topk_mean_op(x, k, *_geometry_args(geometry, x))[1]
+        return window_max_topk_mean_op(x, k, *geometry_args(geometry, x))[1]
     if path == "eager":
         return _TopKMean.apply(x, geometry, k)  # type: ignore[no-any-return]
     return window_topk_mean(x, geometry, k)

@@ -22,7 +22,7 @@ from poolkit.layers.base import (
     check_positive,
     prepare,
 )
-from poolkit.layers.fused import window_max_topk_mean
+from poolkit.layers.gate import window_blend
 from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
@@ -36,22 +36,12 @@ __all__ = [
 ]
 
 
-def _max_and_topk_mean(x: Tensor, g: Geometry, k: int) -> tuple[Tensor, Tensor]:
-    """M and T_K, from one pass where the fused kernels allow it (K covering the window gives A)."""
-    return window_max_topk_mean(x, g, k)
-
-
 def _t_max_avg(x: Tensor, g: Geometry, k: int, threshold: Tensor | float) -> Tensor:
-    m, top = _max_and_topk_mean(x, g, k)
-    return torch.where(m >= threshold, m, top)
+    return window_blend(x, g, threshold, k=k, gate="hard")
 
 
 def _soft_t_max_avg(x: Tensor, g: Geometry, k: int, threshold: Tensor | float, tau: float) -> Tensor:
-    m, top = _max_and_topk_mean(x, g, k)
-    if isinstance(threshold, Tensor):
-        threshold = threshold.to(m.dtype)
-    alpha = torch.sigmoid((m - threshold) / tau)
-    return torch.lerp(top, m, alpha)
+    return window_blend(x, g, threshold, k=k, gate="soft", tau=tau)
 
 
 def t_max_avg_pool2d(
