@@ -1,6 +1,6 @@
 """The window statistics as PyTorch custom operators: one operator forward, one backward, fake kernels too.
 
-Two operators, each computing several statistics of the same windows in one pass over the input:
+Six operators, each computing several statistics of the same windows in one pass over the input:
 
 * ``poolkit::window_max_mean(x, kernel, stride, padding, dilation, out_size) -> (M, A, index)``:
   ``M = max_R x`` and ``A = sum_R x / n`` over each window's real cells R (n = |R|, padding never wins the
@@ -23,6 +23,20 @@ Two operators, each computing several statistics of the same windows in one pass
   w of x's shape or (N, 1, H, W) shared by the channels. Backward, with ``a = gy / D``:
   ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over channels for a shared
   w). Saved: x, w, y and D.
+* ``poolkit::window_self_weighted_mean(x, weights, ...) -> (y, D, M)``: the weighted mean
+  ``y = sum_R w x / D``, ``D = sum_R w``, with weights computed from x inside the kernel (one pass, no
+  weight tensor in memory):
+  ``"softmax"`` (SoftPool) ``w = exp(x - M)``, M the window maximum, so that no exp overflows (M cancels in
+  y); ``"relu"`` (stochastic pooling in evaluation) ``w = relu(x)``, and the plain mean of the real cells
+  where D = 0. Backward, with ``a = gy / D``: softmax ``dx_i = sum_w a_w exp(x_i - M_w) (1 + x_i - y_w)``;
+  relu ``dx_i = sum_w (D_w > 0 ? a_w [x_i > 0] (2 x_i - y_w) : gy_w / n_w)``. Saved: x, y, D and M.
+  (A separate operator, not window_weighted_mean with a weight tensor: that would need one more input-sized
+  pass to compute the weights and one more backward pass for their chain rule, and SoftPool's stable
+  weights need the window maximum before the exponentials, which only the kernel has.)
+* ``poolkit::window_power_sum(x, p, ...) -> (y, S)``: LP pooling as ``nn.LPPool2d``, ``S = sum_R x^p`` with
+  torch.pow's real powers (a negative x keeps its sign for an integer p, NaN for another p),
+  ``y = S^(1/p)``, and ``y = 0`` with gradient 0 where ``S = 0``. p is a float constant (``norm_type``).
+  Backward: ``dx_i = x_i^(p-1) sum_w [S_w != 0] gy_w S_w^(1/p - 1)``. Saved: x and S.
 
 Shapes: x (N, C, H, W) -> outputs (N, C, H_out, W_out) with ``out_size = (H_out, W_out)`` from
 :meth:`poolkit.layers.windows.PoolGeometry.output_size`; outputs are channels_last when x is (the rule of
@@ -57,6 +71,8 @@ __all__ = [
     "window_max_mean_op",
     "window_max_topk_mean_op",
     "window_power_mean_op",
+    "window_power_sum_op",
+    "window_self_weighted_mean_op",
     "window_weighted_mean_op",
 ]
 
@@ -382,3 +398,154 @@ def _backward_weighted_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[A
 
 
 window_weighted_mean_op.register_autograd(_backward_weighted_mean, setup_context=_setup_weighted_mean)
+
+
+# --------------------------------------------------------------------------------- self-weighted mean
+
+#: The weights of :func:`window_self_weighted_mean_op`, by name, as the C++ kernels number them.
+SELF_WEIGHTS = {"softmax": 0, "relu": 1}
+
+
+def self_weight_mode(weights: str) -> int:
+    """The kernels' number of a weight name of :data:`SELF_WEIGHTS`; a ValueError names the valid ones."""
+    if weights not in SELF_WEIGHTS:
+        names = ", ".join(SELF_WEIGHTS)
+        raise ValueError(f"self-weighted mean: weights must be one of {names}, got {weights!r}")
+    return SELF_WEIGHTS[weights]
+
+
+@torch.library.custom_op("poolkit::window_self_weighted_mean", mutates_args=(), device_types="cpu")
+def window_self_weighted_mean_op(
+    x: Tensor,
+    weights: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, D, M) of the mean weighted by ``softmax`` or ``relu`` of x itself; see the module docstring."""
+    outputs = torch.ops.poolkit_cpu.self_weighted_forward(
+        x, self_weight_mode(weights), kernel, stride, padding, dilation, out_size
+    )
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+@window_self_weighted_mean_op.register_fake
+def _(x: Tensor, weights: str, *geometry: Any) -> Any:
+    self_weight_mode(weights)
+    out_size = geometry[-1]
+    return _empty(x, out_size), _empty(x, out_size, accumulate_dtype(x.dtype)), _empty(x, out_size)
+
+
+@torch.library.custom_op("poolkit::window_self_weighted_mean_backward", mutates_args=(), device_types="cpu")
+def window_self_weighted_mean_backward_op(
+    grad_y: Tensor,
+    y: Tensor,
+    d: Tensor,
+    m: Tensor,
+    x: Tensor,
+    weights: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_self_weighted_mean_op`, written once (``channels_last``: x's
+    layout)."""
+    grad: Tensor = torch.ops.poolkit_cpu.self_weighted_backward(
+        grad_y, y, d, m, x, self_weight_mode(weights), kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_self_weighted_mean_backward_op.register_fake
+def _(grad_y: Tensor, y: Tensor, d: Tensor, m: Tensor, x: Tensor, *args: Any) -> Tensor:
+    return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+
+
+def _setup_self_weighted_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, weights, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, *output)
+    ctx.weights = weights
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_self_weighted_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, y, d, m = ctx.saved_tensors
+    if grad_y is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None, None
+    grad = window_self_weighted_mean_backward_op(grad_y, y, d, m, x, ctx.weights, *ctx.geometry)
+    return grad, None, None, None, None, None, None
+
+
+window_self_weighted_mean_op.register_autograd(
+    _backward_self_weighted_mean, setup_context=_setup_self_weighted_mean
+)
+
+
+# ---------------------------------------------------------------------------------------- power sum
+
+
+@torch.library.custom_op("poolkit::window_power_sum", mutates_args=(), device_types="cpu")
+def window_power_sum_op(
+    x: Tensor,
+    p: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor]:
+    """(y, S) of LP pooling for every window; see the module docstring."""
+    y, s = torch.ops.poolkit_cpu.power_sum_forward(x, p, kernel, stride, padding, dilation, out_size)
+    return y, s
+
+
+@window_power_sum_op.register_fake
+def _(x: Tensor, p: float, *geometry: Any) -> Any:
+    out_size = geometry[-1]
+    return _empty(x, out_size), _empty(x, out_size, accumulate_dtype(x.dtype))
+
+
+@torch.library.custom_op("poolkit::window_power_sum_backward", mutates_args=(), device_types="cpu")
+def window_power_sum_backward_op(
+    grad_y: Tensor,
+    s: Tensor,
+    x: Tensor,
+    p: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_power_sum_op`, written once (``channels_last``: x's layout)."""
+    grad: Tensor = torch.ops.poolkit_cpu.power_sum_backward(
+        grad_y, s, x, p, kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_power_sum_backward_op.register_fake
+def _(grad_y: Tensor, s: Tensor, x: Tensor, *args: Any) -> Tensor:
+    return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+
+
+def _setup_power_sum(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    x, p, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.p = p
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_power_sum(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, s = ctx.saved_tensors
+    if grad_y is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None, None
+    grad = window_power_sum_backward_op(grad_y, s, x, ctx.p, *ctx.geometry)
+    return grad, None, None, None, None, None, None
+
+
+window_power_sum_op.register_autograd(_backward_power_sum, setup_context=_setup_power_sum)

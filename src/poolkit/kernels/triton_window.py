@@ -1,8 +1,8 @@
 """Triton kernels of the window statistics: the CUDA implementation of the ``poolkit::`` custom operators.
 
-The same four computations as the C++ CPU kernels (``window_stats.cpp``), with the same signatures, so that
-:func:`register_cuda_kernels` can register them as the CUDA kernels of the operators of
-:mod:`poolkit.kernels.ops`:
+The C++ CPU kernels' computations (``window_stats.cpp``; SoftPool's and LP's: ``triton_lp_soft``), with the
+same signatures, so that :func:`register_cuda_kernels` can register them as the CUDA kernels of the
+operators of :mod:`poolkit.kernels.ops`:
 
 * :func:`max_mean_forward` -> (M, A, index) and :func:`max_mean_backward` -> dx, for the blends;
 * :func:`max_topk_forward` -> (M, T_K, index, kth, tie) and :func:`max_topk_backward` -> dx, for T-Max-Avg;

@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -816,6 +817,372 @@ std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Te
   return {gx, gw};
 }
 
+// ------------------------------------------------------------------------------- vectorisable exp
+
+// exp in float arithmetic, written so that the compiler vectorises the loops that call it (std::exp is one
+// library call per element, and glibc's vector versions need -ffast-math): exp(x) = 2^k e^r with
+// k = round(x / ln 2) and r = x - k ln 2 (Cody-Waite split), e^r by Cephes' degree-7 polynomial on
+// |r| <= ln2 / 2; relative error about 1e-7 (1-2 ulp). Below -87.3 (under float's normal range) it returns
+// 0, above 88.7 infinity; a NaN stays NaN. Double arithmetic (float64 inputs, gradcheck) keeps std::exp.
+inline float fast_exp(float x) {
+  const float lo = -87.33654f, hi = 88.0f;
+  const float xc = x < lo ? lo : (x > hi ? hi : x);  // a NaN passes through both comparisons
+  const float magic = 12582912.0f;                    // 1.5 * 2^23: adding it rounds to an integer
+  const float k = (xc * 1.44269504088896341f + magic) - magic;
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float result = p * scale;
+  return x < lo ? 0.0f : (x > 88.72283f ? std::numeric_limits<float>::infinity() : result);
+}
+
+inline double fast_exp(double x) { return std::exp(x); }
+
+// ---------------------------------------------------------------------------------- self-weighted mean
+
+// The weighted mean y = sum_R w x / D, D = sum_R w, with weights computed from x itself:
+// kSoftmax (SoftPool): w_i = exp(x_i - M), M the window maximum, so that no exp overflows (M cancels in y);
+// kRelu (stochastic pooling in evaluation): w_i = relu(x_i), and y = the plain mean of the real cells where
+// D = 0. Outputs y, D (arithmetic type) and M (both modes; a NaN wins it).
+// Backward, with a_w = gy_w / D_w: kSoftmax: dx_i = sum_w a_w exp(x_i - M_w) (1 + x_i - y_w);
+// kRelu: dx_i = sum_w (D_w > 0 ? a_w [x_i > 0] (2 x_i - y_w) : gy_w / n_w).
+constexpr int64_t kSoftmax = 0, kRelu = 1;
+
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void window_max_step(const scalar_t* src, int64_t step, int64_t n, acc_t* __restrict best) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    best[j] = (v > best[j] || v != v) ? v : best[j];
+  }
+}
+
+template <int64_t Mode, bool Unit, typename acc_t, typename scalar_t>
+inline void self_weighted_step(const scalar_t* src, int64_t step, int64_t n, const acc_t* __restrict best,
+                               acc_t* __restrict num, acc_t* __restrict den, acc_t* __restrict sum) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    if constexpr (Mode == kSoftmax) {
+      const acc_t e = fast_exp(v - best[j]);
+      num[j] += e * v;
+      den[j] += e;
+    } else {
+      const acc_t r = v > acc_t(0) ? v : acc_t(0);
+      num[j] += r * v;
+      den[j] += r;
+      sum[j] += v;
+    }
+  }
+}
+
+template <int64_t Mode, typename scalar_t>
+void self_weighted_forward_impl(const Tensor& x, const Geometry& g, bool cl, Tensor& y, Tensor& d, Tensor& m) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  scalar_t* mp = m.mutable_data_ptr<scalar_t>();
+  acc_t* dp = d.mutable_data_ptr<acc_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * 4), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> best(L), num(L), den(L), sum(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
+      std::fill(num.begin(), num.end(), acc_t(0));
+      std::fill(den.begin(), den.end(), acc_t(0));
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          window_max_step<true>(xp + offset, 1, n, best.data() + lo);
+        } else {
+          window_max_step<false>(xp + offset, step, n, best.data() + lo);
+        }
+      });
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        acc_t *b = best.data() + lo, *nu = num.data() + lo, *de = den.data() + lo, *su = sum.data() + lo;
+        if (step == 1) {
+          self_weighted_step<Mode, true>(xp + offset, 1, n, b, nu, de, su);
+        } else {
+          self_weighted_step<Mode, false>(xp + offset, step, n, b, nu, de, su);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        dp[out + j] = den[j];
+        mp[out + j] = static_cast<scalar_t>(best[j]);
+        if constexpr (Mode == kSoftmax) {
+          yp[out + j] = static_cast<scalar_t>(num[j] / den[j]);
+        } else {
+          const acc_t mean = sum[j] * inv[line.oh * OW + (cl ? line.ow : j)];
+          yp[out + j] = static_cast<scalar_t>(den[j] > acc_t(0) ? num[j] / den[j] : mean);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> self_weighted_forward(const Tensor& input, int64_t mode, at::IntArrayRef kernel,
+                                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                                         at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(mode == kSoftmax || mode == kRelu, "poolkit self_weighted_forward: unknown weight mode ", mode);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor d = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  Tensor m = at::empty(shape, x.options().memory_format(fmt));
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_self_weighted_forward", [&] {
+    if (mode == kSoftmax) {
+      self_weighted_forward_impl<kSoftmax, scalar_t>(x, g, cl, y, d, m);
+    } else {
+      self_weighted_forward_impl<kRelu, scalar_t>(x, g, cl, y, d, m);
+    }
+  });
+  return {y, d, m};
+}
+
+// One window's contribution to dx_i (see above); inv = 1 / n_w.
+template <int64_t Mode, typename acc_t>
+inline acc_t self_weighted_grad(acc_t xv, acc_t gy, acc_t den, acc_t yw, acc_t mw, acc_t inv) {
+  if constexpr (Mode == kSoftmax) {
+    return gy / den * fast_exp(xv - mw) * (acc_t(1) + xv - yw);
+  } else {
+    const acc_t with_mass = xv > acc_t(0) ? gy / den * (xv + xv - yw) : acc_t(0);
+    return den > acc_t(0) ? with_mass : gy * inv;
+  }
+}
+
+template <int64_t Mode, typename scalar_t>
+void self_weighted_backward_impl(const Tensor& gy, const Tensor& y, const Tensor& d, const Tensor& m,
+                                 const Tensor& x, const Geometry& g, bool cl, Tensor& gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const scalar_t* mp = m.const_data_ptr<scalar_t>();
+  const acc_t* dp = d.const_data_ptr<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L), values(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      acc_t* __restrict xv = values.data();
+      const scalar_t* xr = xp + r * L;
+      for (int64_t j = 0; j < L; ++j) t[j] = 0, xv[j] = static_cast<acc_t>(xr[j]);
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              const int64_t i = first + (o - lo) * sw, at_o = row + o;
+              t[i] += self_weighted_grad<Mode>(xv[i], static_cast<acc_t>(gyp[at_o]), dp[at_o],
+                                               static_cast<acc_t>(yp[at_o]), static_cast<acc_t>(mp[at_o]),
+                                               inv[oh * OW + o]);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = g.h.outs[e] * OW + g.w.outs[f];
+            const int64_t at_o = (n * OH * OW + o) * C;
+            const acc_t scale = inv[o];
+            for (int64_t c = 0; c < C; ++c) {
+              t[c] += self_weighted_grad<Mode>(xv[c], static_cast<acc_t>(gyp[at_o + c]), dp[at_o + c],
+                                               static_cast<acc_t>(yp[at_o + c]), static_cast<acc_t>(mp[at_o + c]),
+                                               scale);
+            }
+          }
+        }
+      }
+      scalar_t* dst = gxp + r * L;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<scalar_t>(t[j]);
+    }
+  });
+}
+
+Tensor self_weighted_backward(const Tensor& grad_y, const Tensor& y, const Tensor& d, const Tensor& m,
+                              const Tensor& input, int64_t mode, at::IntArrayRef kernel, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, bool channels_last) {
+  TORCH_CHECK(mode == kSoftmax || mode == kRelu, "poolkit self_weighted_backward: unknown weight mode ", mode);
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
+  const Tensor mm = m.contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {y.size(2), y.size(3)});
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_self_weighted_backward", [&] {
+    if (mode == kSoftmax) {
+      self_weighted_backward_impl<kSoftmax, scalar_t>(gy, yy, dd, mm, x, g, cl, gx);
+    } else {
+      self_weighted_backward_impl<kRelu, scalar_t>(gy, yy, dd, mm, x, g, cl, gx);
+    }
+  });
+  return gx;
+}
+
+// ------------------------------------------------------------------------------------------ power sum
+
+// LP pooling as nn.LPPool2d: S = sum_R x^p (torch.pow's real powers: a negative x with an integer p keeps
+// its sign, a non-integer p gives NaN), y = S^(1/p), and y = 0 with gradient 0 where S = 0.
+// Backward: dx_i = x_i^(p-1) sum_w [S_w != 0] gy_w S_w^(1/p - 1). p = 2 (the default) takes x * x and sqrt.
+template <bool Square, bool Unit, typename acc_t, typename scalar_t>
+inline void power_sum_step(const scalar_t* src, int64_t step, int64_t n, acc_t p, acc_t* __restrict s) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    s[j] += Square ? v * v : std::pow(v, p);
+  }
+}
+
+template <bool Square, typename scalar_t>
+void power_sum_forward_impl(const Tensor& x, const Geometry& g, bool cl, double p_value, Tensor& y, Tensor& s_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const acc_t p = static_cast<acc_t>(p_value), root = acc_t(1) / p;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* sp = s_out.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * (Square ? 1 : 8)), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(s.begin(), s.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          power_sum_step<Square, true>(xp + offset, 1, n, p, s.data() + lo);
+        } else {
+          power_sum_step<Square, false>(xp + offset, step, n, p, s.data() + lo);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t total = s[j];
+        sp[out + j] = total;
+        const acc_t root_of = Square ? std::sqrt(total) : std::pow(total, root);
+        yp[out + j] = static_cast<scalar_t>(total == acc_t(0) ? acc_t(0) : root_of);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> power_sum_forward(const Tensor& input, double p, at::IntArrayRef kernel,
+                                             at::IntArrayRef stride, at::IntArrayRef padding,
+                                             at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(p > 0, "poolkit power_sum_forward: p must be positive, got ", p);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = layout_of(input);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor s = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_sum_forward", [&] {
+    if (p == 2.0) {
+      power_sum_forward_impl<true, scalar_t>(x, g, cl, p, y, s);
+    } else {
+      power_sum_forward_impl<false, scalar_t>(x, g, cl, p, y, s);
+    }
+  });
+  return {y, s};
+}
+
+template <bool Square, typename scalar_t>
+void power_sum_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x, const Geometry& g, bool cl,
+                             double p_value, Tensor& gx, Tensor& share) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const acc_t p = static_cast<acc_t>(p_value), q = acc_t(1) / p - acc_t(1);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const acc_t* sp = s.const_data_ptr<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();
+  // Per window, once: [S != 0] gy S^(1/p - 1).
+  acc_t* ap = share.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, s.numel(), grain(Square ? 4 : 16), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const acc_t total = sp[o];
+      const acc_t scale = Square ? acc_t(1) / std::sqrt(total) : std::pow(total, q);
+      ap[o] = total == acc_t(0) ? acc_t(0) : static_cast<acc_t>(gyp[o]) * scale;
+    }
+  });
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
+          }
+        }
+      }
+      const scalar_t* xr = xp + r * L;
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t v = static_cast<acc_t>(xr[j]);
+        dst[j] = static_cast<scalar_t>(t[j] * (Square ? v : std::pow(v, p - acc_t(1))));
+      }
+    }
+  });
+}
+
+Tensor power_sum_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, double p,
+                          at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, bool channels_last) {
+  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor share = at::empty_like(ss);
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {s.size(2), s.size(3)});
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_sum_backward", [&] {
+    if (p == 2.0) {
+      power_sum_backward_impl<true, scalar_t>(gy, ss, x, g, cl, p, gx, share);
+    } else {
+      power_sum_backward_impl<false, scalar_t>(gy, ss, x, g, cl, p, gx, share);
+    }
+  });
+  return gx;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(poolkit_cpu, m) {
@@ -833,6 +1200,14 @@ TORCH_LIBRARY(poolkit_cpu, m) {
         " int[] dilation, int[] out_size) -> (Tensor, Tensor)");
   m.def("weighted_mean_backward(Tensor grad_y, Tensor y, Tensor d, Tensor x, Tensor w, int[] kernel,"
         " int[] stride, int[] padding, int[] dilation, bool channels_last) -> (Tensor, Tensor)");
+  m.def("self_weighted_forward(Tensor x, int mode, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " int[] out_size) -> (Tensor, Tensor, Tensor)");
+  m.def("self_weighted_backward(Tensor grad_y, Tensor y, Tensor d, Tensor m, Tensor x, int mode, int[] kernel,"
+        " int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("power_sum_forward(Tensor x, float p, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " int[] out_size) -> (Tensor, Tensor)");
+  m.def("power_sum_backward(Tensor grad_y, Tensor s, Tensor x, float p, int[] kernel, int[] stride,"
+        " int[] padding, int[] dilation, bool channels_last) -> Tensor");
   m.def("max_topk_backward(Tensor grad_m, Tensor grad_t, Tensor x, Tensor idx, Tensor kth, Tensor tie, int k,"
         " int[] kernel, int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
 }
@@ -846,4 +1221,8 @@ TORCH_LIBRARY_IMPL(poolkit_cpu, CPU, m) {
   m.impl("power_mean_backward", &power_mean_backward);
   m.impl("weighted_mean_forward", &weighted_mean_forward);
   m.impl("weighted_mean_backward", &weighted_mean_backward);
+  m.impl("self_weighted_forward", &self_weighted_forward);
+  m.impl("self_weighted_backward", &self_weighted_backward);
+  m.impl("power_sum_forward", &power_sum_forward);
+  m.impl("power_sum_backward", &power_sum_backward);
 }

@@ -22,7 +22,7 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
-from poolkit.layers.fused import window_power_mean
+from poolkit.layers.fused import kernel_path, window_power_mean, window_self_weighted_mean_compiled
 from poolkit.layers.windows import (
     Geometry,
     PoolGeometry,
@@ -46,6 +46,8 @@ __all__ = [
 
 def _stochastic(x: Tensor, g: Geometry, training: bool) -> Tensor:
     if not training:
+        if kernel_path(x, g) == "compiled":  # one pass; the weights relu(x) computed in the kernel
+            return window_self_weighted_mean_compiled(x, g, "relu")
         positive = F.relu(x)
         total = window_sum(positive, g)
         has_mass = total > 0
