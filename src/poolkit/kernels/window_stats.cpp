@@ -510,6 +510,78 @@ Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tenso
   return gx;
 }
 
+// ------------------------------------------------------------------------ vectorisable exp and log
+
+// exp in float arithmetic, written so that the compiler vectorises the loops that call it (std::exp is one
+// library call per element, and glibc's vector versions need -ffast-math): exp(x) = 2^k e^r with
+// k = round(x / ln 2) and r = x - k ln 2 (Cody-Waite split), e^r by Cephes' degree-7 polynomial on
+// |r| <= ln2 / 2; relative error about 1e-7 (1-2 ulp). Below -87.3 (under float's normal range) it returns
+// 0, above 88.7 infinity; a NaN stays NaN. Double arithmetic (float64 inputs, gradcheck) keeps std::exp.
+inline float fast_exp(float x) {
+  const float lo = -87.33654f, hi = 88.0f;
+  const float xc = x < lo ? lo : (x > hi ? hi : x);  // a NaN passes through both comparisons
+  const float magic = 12582912.0f;                    // 1.5 * 2^23: adding it rounds to an integer
+  const float k = (xc * 1.44269504088896341f + magic) - magic;
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float result = p * scale;
+  return x < lo ? 0.0f : (x > 88.72283f ? std::numeric_limits<float>::infinity() : result);
+}
+
+inline double fast_exp(double x) { return std::exp(x); }
+
+// log in float arithmetic, vectorisable like fast_exp: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log x = log m + e ln 2 with Cephes' polynomial for log(1 + f), f = m - 1; relative error about 1e-7.
+// Subnormal x is scaled by 2^23 first; log 0 = -inf, log of a negative number NaN, log inf = inf.
+inline float fast_log(float x) {
+  const bool tiny = x < 1.17549435e-38f;
+  const float xs = tiny ? x * 8388608.0f : x;
+  int32_t bits;
+  std::memcpy(&bits, &xs, sizeof(bits));
+  int32_t e = ((bits >> 23) & 0xff) - 127 - (tiny ? 23 : 0);
+  const int32_t mantissa = (bits & 0x007fffff) | 0x3f800000;  // m in [1, 2)
+  float m;
+  std::memcpy(&m, &mantissa, sizeof(m));
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f, z = f * f, fe = static_cast<float>(e);
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  const float result = (f + y) + 0.693359375f * fe;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  // The special values as added terms, each 0 for a positive finite x: a select between two results
+  // (or && of two comparisons) kept gcc from vectorising the loops that call this.
+  return result + (x == 0.0f ? -inf : 0.0f) + (x >= 0.0f ? 0.0f : nan) + (x == inf ? inf : 0.0f);
+}
+
+inline double fast_log(double x) { return std::log(x); }
+
+// z^p for z > 0 given lz = log z: exp(p lz) in float (vectorised), std::pow in double (gradcheck's rounding).
+inline float power_of(float, float lz, float p) { return fast_exp(p * lz); }
+inline double power_of(double z, double, double p) { return std::pow(z, p); }
+
+
 // ------------------------------------------------------------------------------------------ power mean
 
 // GeM: S = mean_R z^p with z = max(x, eps), y = S^(1/p). The forward also returns S and S' = mean_R z^p ln z,
@@ -520,8 +592,8 @@ inline void power_step(const scalar_t* src, int64_t step, int64_t n, acc_t p, ac
   for (int64_t j = 0; j < n; ++j) {
     const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
     const acc_t z = v < eps ? eps : v;  // clamp(x, min=eps); a NaN stays NaN
-    const acc_t lz = std::log(z);
-    const acc_t zp = std::pow(z, p);  // pow rounds better than exp(p * lz)
+    const acc_t lz = fast_log(z);       // one log per cell, shared by z^p and S'
+    const acc_t zp = power_of(z, lz, p);
     s[j] += zp;
     ds[j] += zp * lz;
   }
@@ -553,12 +625,17 @@ void power_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, double
         }
       });
       const int64_t out = r * L;
+      // inv per output: one value for a channels_last line, a step of 1 along an NCHW row (no select in
+      // the loop, which then vectorises).
+      const acc_t* scale = inv.data() + line.oh * OW + (cl ? line.ow : 0);
+      const int64_t scale_step = cl ? 0 : 1;
       for (int64_t j = 0; j < L; ++j) {
-        const acc_t scale = inv[line.oh * OW + (cl ? line.ow : j)];
-        const acc_t mean = s[j] * scale;
-        sp[out + j] = mean;
-        dp[out + j] = ds[j] * scale;
-        yp[out + j] = static_cast<scalar_t>(std::pow(mean, acc_t(1) / p));
+        s[j] *= scale[j * scale_step];
+        sp[out + j] = s[j];
+        dp[out + j] = ds[j] * scale[j * scale_step];
+      }
+      for (int64_t j = 0; j < L; ++j) {  // a loop of its own: the roots vectorise
+        yp[out + j] = static_cast<scalar_t>(power_of(s[j], fast_log(s[j]), acc_t(1) / p));
       }
     }
   });
@@ -589,7 +666,8 @@ std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const
 // from the rounded output).
 template <typename scalar_t>
 void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x,
-                              const Geometry& g, bool cl, double p_value, double eps_value, Tensor& gx) {
+                              const Geometry& g, bool cl, double p_value, double eps_value, Tensor& gx,
+                              Tensor& share) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
   const acc_t p = static_cast<acc_t>(p_value), eps = static_cast<acc_t>(eps_value);
@@ -599,6 +677,24 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();
   const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  // Per window, once (not once per cell): a_w = gy_w S_w^(1/p - 1) / n_w.
+  acc_t* ap = share.mutable_data_ptr<acc_t>();
+  const int64_t O = OH * OW;
+  auto shares = [&](int64_t at, int64_t n, int64_t inv_at, int64_t inv_step) {
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t mean = sp[at + j];
+      ap[at + j] = static_cast<acc_t>(gyp[at + j]) * inv[inv_at + j * inv_step] * power_of(mean, fast_log(mean), q);
+    }
+  };
+  at::parallel_for(0, cl ? N * O : N * C, grain(cl ? C * 4 : O * 4), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (cl) {
+        shares(r * C, C, r % O, 0);  // one window, C channels
+      } else {
+        shares(r * O, O, 0, 1);  // one plane's windows
+      }
+    }
+  });
   const int64_t L = cl ? C : W;
   at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 16), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> total(L);
@@ -608,27 +704,19 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
       if (!cl) {
         const int64_t plane = r / H, ih = r % H;
         for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t oh = g.h.outs[e];
-          const int64_t row = (plane * OH + oh) * OW;
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
           for (int64_t tw = 0; tw < g.kw(); ++tw) {
             const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
             acc_t* dst = t + g.w.input(lo, tw);
-            for (int64_t o = lo; o < hi; ++o) {
-              dst[(o - lo) * sw] += static_cast<acc_t>(gyp[row + o]) * inv[oh * OW + o] * std::pow(sp[row + o], q);
-            }
+            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
           }
         }
       } else {
         const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
         for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t oh = g.h.outs[e];
           for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-            const int64_t o = oh * OW + g.w.outs[f];
-            const acc_t scale = inv[o];
-            const int64_t at_o = (n * OH * OW + o) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              t[c] += static_cast<acc_t>(gyp[at_o + c]) * scale * std::pow(sp[at_o + c], q);
-            }
+            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
           }
         }
       }
@@ -637,7 +725,8 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
       for (int64_t j = 0; j < L; ++j) {
         const acc_t v = static_cast<acc_t>(xr[j]);
         const acc_t z = v < eps ? eps : v;
-        const acc_t factor = v >= eps ? std::exp((p - acc_t(1)) * std::log(z)) : acc_t(0);
+        const acc_t power = power_of(z, fast_log(z), p - acc_t(1));  // computed for every cell, then selected:
+        const acc_t factor = v >= eps ? power : acc_t(0);                // a conditional call would not vectorise
         dst[j] = static_cast<scalar_t>(t[j] * factor);
       }
     }
@@ -651,10 +740,12 @@ Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& 
   const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor share = at::empty_like(ss);
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {s.size(2), s.size(3)});
   const double p_value = p.item<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_backward", [&] {
-    power_mean_backward_impl<scalar_t>(gy, ss, x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, gx);
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    power_mean_backward_impl<scalar_t>(gy, ss, x, g, cl, p_value, eps, gx, share);
   });
   return gx;
 }
@@ -816,36 +907,6 @@ std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Te
   });
   return {gx, gw};
 }
-
-// ------------------------------------------------------------------------------- vectorisable exp
-
-// exp in float arithmetic, written so that the compiler vectorises the loops that call it (std::exp is one
-// library call per element, and glibc's vector versions need -ffast-math): exp(x) = 2^k e^r with
-// k = round(x / ln 2) and r = x - k ln 2 (Cody-Waite split), e^r by Cephes' degree-7 polynomial on
-// |r| <= ln2 / 2; relative error about 1e-7 (1-2 ulp). Below -87.3 (under float's normal range) it returns
-// 0, above 88.7 infinity; a NaN stays NaN. Double arithmetic (float64 inputs, gradcheck) keeps std::exp.
-inline float fast_exp(float x) {
-  const float lo = -87.33654f, hi = 88.0f;
-  const float xc = x < lo ? lo : (x > hi ? hi : x);  // a NaN passes through both comparisons
-  const float magic = 12582912.0f;                    // 1.5 * 2^23: adding it rounds to an integer
-  const float k = (xc * 1.44269504088896341f + magic) - magic;
-  float r = xc - k * 0.693359375f;
-  r = r - k * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  const float result = p * scale;
-  return x < lo ? 0.0f : (x > 88.72283f ? std::numeric_limits<float>::infinity() : result);
-}
-
-inline double fast_exp(double x) { return std::exp(x); }
 
 // ---------------------------------------------------------------------------------- self-weighted mean
 
