@@ -21,8 +21,8 @@ Six operators, each computing several statistics of the same windows in one pass
   Saved: the input, S and S' (float32, float64 for float64 inputs), p.
 * ``poolkit::window_weighted_mean(x, w, eps, ...) -> (y, D)``: ``y = sum_R w x / D``, ``D = sum_R w + eps``,
   w of x's shape or (N, 1, H, W) shared by the channels. Backward, with ``a = gy / D``:
-  ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over channels for a shared
-  w). Saved: x, w, y and D.
+  ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over the channels inside
+  the kernel for a shared w, which gets its (N, 1, H, W) gradient directly). Saved: x, w, y and D.
 * ``poolkit::window_self_weighted_mean(x, weights, ...) -> (y, D, M)``: the weighted mean
   ``y = sum_R w x / D``, ``D = sum_R w``, with weights computed from x inside the kernel (one pass, no
   weight tensor in memory):
@@ -369,7 +369,7 @@ def window_weighted_mean_backward_op(
     dilation: Sequence[int],
     channels_last: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(dx, dw at x's shape) of :func:`window_weighted_mean_op`, each written once."""
+    """(dx, dw) of :func:`window_weighted_mean_op`, each written once (dw of w's shape)."""
     gx, gw = torch.ops.poolkit_cpu.weighted_mean_backward(
         grad_y, y, d, x, w, kernel, stride, padding, dilation, channels_last
     )
@@ -378,7 +378,10 @@ def window_weighted_mean_backward_op(
 
 @window_weighted_mean_backward_op.register_fake
 def _(grad_y: Tensor, y: Tensor, d: Tensor, x: Tensor, w: Tensor, *args: Any) -> Any:
-    return tuple(_empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1]) for _ in range(2))
+    grad_x = _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+    if w.shape[1] == x.shape[1]:
+        return grad_x, _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+    return grad_x, x.new_empty((x.shape[0], 1, *x.shape[-2:]))  # a shared weight: dw summed over channels
 
 
 def _setup_weighted_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
@@ -392,8 +395,6 @@ def _backward_weighted_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[A
     if grad_y is None or not any(ctx.needs_input_grad[:2]):
         return None, None, None, None, None, None, None, None
     gx, gw = window_weighted_mean_backward_op(grad_y, y, d, x, w, *ctx.geometry)
-    if w.shape[1] != x.shape[1]:  # one weight map shared by the channels
-        gw = gw.sum(1, keepdim=True)
     return gx, gw.to(w.dtype), None, None, None, None, None, None
 
 

@@ -827,14 +827,15 @@ std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tens
   return {y, d};
 }
 
-// With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w (dw at the input's
-// full shape; the caller sums it over channels for a shared weight).
+// With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w. A weight of x's shape
+// gets dw at x's shape; a shared weight (N, 1, H, W) gets dw summed over the channels here, in the same pass
+// (no input-sized dw written and summed afterwards).
 template <typename scalar_t>
 void weighted_mean_backward_impl(const Tensor& gy, const Tensor& y, const Tensor& d, const Tensor& x,
                                  const Tensor& w, const Geometry& g, bool cl, Tensor& gx, Tensor& gw) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
-  const int64_t Cw = w.size(1), wc = Cw == C ? 1 : 0;
+  const bool shared = w.size(1) != C;
   const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
   const acc_t* dp = d.const_data_ptr<acc_t>();
@@ -842,50 +843,85 @@ void weighted_mean_backward_impl(const Tensor& gy, const Tensor& y, const Tensor
   const scalar_t* wp = w.const_data_ptr<scalar_t>();
   scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
   scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+  // The sums a and b over the windows that contain each cell of one NCHW input row (plane, ih).
+  auto row_sums = [&](int64_t plane, int64_t ih, acc_t* __restrict a, acc_t* __restrict b) {
+    for (int64_t j = 0; j < W; ++j) a[j] = b[j] = 0;
+    for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+      const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+      for (int64_t tw = 0; tw < g.kw(); ++tw) {
+        const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
+        for (int64_t o = lo; o < hi; ++o) {
+          const acc_t share = static_cast<acc_t>(gyp[row + o]) / dp[row + o];
+          a[first + (o - lo) * sw] += share;
+          b[first + (o - lo) * sw] += share * static_cast<acc_t>(yp[row + o]);
+        }
+      }
+    }
+  };
+  if (!cl && shared) {
+    // One (n, ih) row of every channel per step, so that the channel sum of dw stays in this thread.
+    at::parallel_for(0, N * H, grain(C * W * 8), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sum_a(W), sum_b(W), dw(W);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / H, ih = r % H;
+        const scalar_t* wr = wp + r * W;  // (n, 0, ih, :)
+        std::fill(dw.begin(), dw.end(), acc_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t plane = n * C + c, at = (plane * H + ih) * W;
+          row_sums(plane, ih, sum_a.data(), sum_b.data());
+          for (int64_t j = 0; j < W; ++j) {
+            gxp[at + j] = static_cast<scalar_t>(sum_a[j] * static_cast<acc_t>(wr[j]));
+            dw[j] += sum_a[j] * static_cast<acc_t>(xp[at + j]) - sum_b[j];
+          }
+        }
+        for (int64_t j = 0; j < W; ++j) gwp[r * W + j] = static_cast<scalar_t>(dw[j]);
+      }
+    });
+    return;
+  }
   const int64_t L = cl ? C : W;
   at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sum_a(L), sum_b(L);
     for (int64_t r = begin; r < end; ++r) {
       acc_t* __restrict a = sum_a.data();
       acc_t* __restrict b = sum_b.data();
-      for (int64_t j = 0; j < L; ++j) a[j] = b[j] = 0;
-      const scalar_t* wr;  // this row's (NCHW) or position's (channels_last) weights, step wstep
-      int64_t wstep;
-      if (!cl) {
-        const int64_t plane = r / H, ih = r % H;
-        wr = wp + (((plane / C) * Cw + (plane % C) * wc) * H + ih) * W;
-        wstep = 1;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
-          for (int64_t tw = 0; tw < g.kw(); ++tw) {
-            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
-            for (int64_t o = lo; o < hi; ++o) {
-              const acc_t share = static_cast<acc_t>(gyp[row + o]) / dp[row + o];
-              a[first + (o - lo) * sw] += share;
-              b[first + (o - lo) * sw] += share * static_cast<acc_t>(yp[row + o]);
-            }
-          }
+      const scalar_t* xr = xp + r * L;
+      if (!cl) {  // a weight of x's shape
+        row_sums(r / H, r % H, a, b);
+        const scalar_t* wr = wp + r * W;
+        for (int64_t j = 0; j < L; ++j) {
+          gxp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(wr[j]));
+          gwp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(xr[j]) - b[j]);
         }
-      } else {
-        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
-        wr = wp + r * Cw;
-        wstep = wc;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-            const int64_t at_o = (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const acc_t share = static_cast<acc_t>(gyp[at_o + c]) / dp[at_o + c];
-              a[c] += share;
-              b[c] += share * static_cast<acc_t>(yp[at_o + c]);
-            }
+        continue;
+      }
+      for (int64_t j = 0; j < L; ++j) a[j] = b[j] = 0;
+      const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+      for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+        for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+          const int64_t at_o = (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t share = static_cast<acc_t>(gyp[at_o + c]) / dp[at_o + c];
+            a[c] += share;
+            b[c] += share * static_cast<acc_t>(yp[at_o + c]);
           }
         }
       }
-      const scalar_t* xr = xp + r * L;
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t wv = static_cast<acc_t>(wr[j * wstep]);
-        gxp[r * L + j] = static_cast<scalar_t>(a[j] * wv);
-        gwp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(xr[j]) - b[j]);
+      if (shared) {  // one weight per position: dw summed over the channels
+        const acc_t wv = static_cast<acc_t>(wp[r]);
+        acc_t dw = 0;
+#pragma omp simd reduction(+ : dw)
+        for (int64_t c = 0; c < C; ++c) {
+          gxp[r * C + c] = static_cast<scalar_t>(a[c] * wv);
+          dw += a[c] * static_cast<acc_t>(xr[c]) - b[c];
+        }
+        gwp[r] = static_cast<scalar_t>(dw);
+      } else {
+        const scalar_t* wr = wp + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          gxp[r * C + c] = static_cast<scalar_t>(a[c] * static_cast<acc_t>(wr[c]));
+          gwp[r * C + c] = static_cast<scalar_t>(a[c] * static_cast<acc_t>(xr[c]) - b[c]);
+        }
       }
     }
   });
@@ -900,7 +936,9 @@ std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Te
   const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
-  Tensor gw = at::empty(x.sizes(), x.options().memory_format(fmt));
+  // dw: x's shape and layout, or (N, 1, H, W) for a shared weight (one channel: one memory order).
+  Tensor gw = w.size(1) == x.size(1) ? at::empty(x.sizes(), x.options().memory_format(fmt))
+                                     : at::empty({x.size(0), 1, x.size(2), x.size(3)}, x.options());
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {y.size(2), y.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_backward", [&] {
     weighted_mean_backward_impl<scalar_t>(gy, yy, dd, x, w, g, fmt == at::MemoryFormat::ChannelsLast, gx, gw);
