@@ -17,8 +17,9 @@ Six operators, each computing several statistics of the same windows in one pass
 * ``poolkit::window_power_mean(x, p, eps, ...) -> (y, S, S')``: GeM, ``y = S^(1/p)`` with
   ``S = mean_R z^p``, ``z = max(x, eps)``, and ``S' = mean_R z^p ln z``. Backward:
   ``dx_i = z_i^(p-1) [x_i >= eps] sum_w gy_w S_w^(1/p - 1) / n_w`` and
-  ``dp = sum gy y (S'/(p S) - ln S / p^2)``.
-  Saved: the input, S and S' (float32, float64 for float64 inputs), p.
+  ``dp = sum gy y (S'/(p S) - ln S / p^2)`` (its own operator, ``poolkit::window_power_mean_grad_p``, one
+  pass over the output-sized gy, S and S'). Saved: the input, S and S' (float32, float64 for float64
+  inputs), p.
 * ``poolkit::window_weighted_mean(x, w, eps, ...) -> (y, D)``: ``y = sum_R w x / D``, ``D = sum_R w + eps``,
   w of x's shape or (N, 1, H, W) shared by the channels. Backward, with ``a = gy / D``:
   ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over the channels inside
@@ -304,6 +305,24 @@ def _(grad_y: Tensor, s: Tensor, x: Tensor, *args: Any) -> Tensor:
     return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
 
 
+@torch.library.custom_op("poolkit::window_power_mean_grad_p", mutates_args=(), device_types="cpu")
+def window_power_mean_grad_p_op(grad_y: Tensor, s: Tensor, ds: Tensor, p: Tensor) -> Tensor:
+    """GeM's ``dL/dp = sum gy y (S'/(p S) - ln S / p^2)``, ``y = S^(1/p)``: one pass (0-dim, S's dtype)."""
+    grad: Tensor = torch.ops.poolkit_cpu.power_mean_grad_p(grad_y, s, ds, p)
+    return grad
+
+
+@window_power_mean_grad_p_op.register_fake
+def _(grad_y: Tensor, s: Tensor, ds: Tensor, p: Tensor) -> Tensor:
+    return s.new_empty(())
+
+
+@window_power_mean_grad_p_op.register_kernel("cuda")
+def _(grad_y: Tensor, s: Tensor, ds: Tensor, p: Tensor) -> Tensor:
+    q = p.to(s.dtype)  # the same formula in torch operations (CUDA has no compiled kernel for it)
+    return (grad_y.to(s.dtype) * s.pow(1.0 / q) * (ds / (q * s) - s.log() / (q * q))).sum()
+
+
 def _setup_power_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, p, eps, kernel, stride, padding, dilation, _ = inputs
     _, s, ds = output
@@ -321,10 +340,7 @@ def _backward_power_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any,
         grad_x = window_power_mean_backward_op(grad_y, s, x, p, ctx.eps, *ctx.geometry)
     grad_p = None
     if ctx.needs_input_grad[1]:
-        q = p.to(s.dtype)
-        y = s.pow(1.0 / q)
-        grad_p = (grad_y.to(s.dtype) * y * (ds / (q * s) - s.log() / (q * q))).sum()
-        grad_p = grad_p.to(p.dtype).reshape(p.shape)
+        grad_p = window_power_mean_grad_p_op(grad_y, s, ds, p).to(p.dtype).reshape(p.shape)
     return grad_x, grad_p, None, None, None, None, None, None
 
 

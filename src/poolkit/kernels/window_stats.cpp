@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -750,6 +751,41 @@ Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& 
   return gx;
 }
 
+// GeM's dL/dp = sum over outputs of gy y (S' / (p S) - ln S / p^2), y = S^(1/p): one pass over the
+// output-sized gy, S and S' (float arithmetic vectorised, summed in double per chunk).
+Tensor power_mean_grad_p(const Tensor& grad_y, const Tensor& s, const Tensor& ds, const Tensor& p) {
+  const at::MemoryFormat fmt = s.suggest_memory_format();
+  const Tensor ss = s.contiguous(fmt), dd = ds.contiguous(fmt);
+  const Tensor gy = grad_y.to(s.scalar_type()).contiguous(fmt);
+  const double p_value = p.item<double>();
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES(ss.scalar_type(), "poolkit_power_mean_grad_p", [&] {
+    using acc_t = scalar_t;
+    const acc_t* sp = ss.const_data_ptr<acc_t>();
+    const acc_t* dp = dd.const_data_ptr<acc_t>();
+    const acc_t* gp = gy.const_data_ptr<acc_t>();
+    const acc_t q = static_cast<acc_t>(p_value), inv_p = acc_t(1) / q, inv_p2 = inv_p * inv_p;
+    total = at::parallel_reduce(
+        0, ss.numel(), grain(16), 0.0,
+        [&](int64_t begin, int64_t end, double sum) {
+          constexpr int64_t block = 256;
+          acc_t terms[block];
+          for (int64_t at = begin; at < end; at += block) {
+            const int64_t n = std::min(block, end - at);
+            for (int64_t j = 0; j < n; ++j) {
+              const acc_t mean = sp[at + j], lm = fast_log(mean);
+              const acc_t y = power_of(mean, lm, inv_p);
+              terms[j] = gp[at + j] * y * (dp[at + j] * inv_p / mean - lm * inv_p2);
+            }
+            for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(terms[j]);
+          }
+          return sum;
+        },
+        std::plus<double>());
+  });
+  return at::scalar_tensor(total, s.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
 // ------------------------------------------------------------------------------------- weighted mean
 
 // y = sum_R w x / D, D = sum_R w + eps (SoftPool-like attention, LIP). The weight has the input's shape or
@@ -1295,6 +1331,7 @@ TORCH_LIBRARY(poolkit_cpu, m) {
         " int[] dilation, int[] out_size) -> (Tensor, Tensor, Tensor)");
   m.def("power_mean_backward(Tensor grad_y, Tensor s, Tensor x, Tensor p, float eps, int[] kernel,"
         " int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("power_mean_grad_p(Tensor grad_y, Tensor s, Tensor ds, Tensor p) -> Tensor");
   m.def("weighted_mean_forward(Tensor x, Tensor w, float eps, int[] kernel, int[] stride, int[] padding,"
         " int[] dilation, int[] out_size) -> (Tensor, Tensor)");
   m.def("weighted_mean_backward(Tensor grad_y, Tensor y, Tensor d, Tensor x, Tensor w, int[] kernel,"
@@ -1318,6 +1355,7 @@ TORCH_LIBRARY_IMPL(poolkit_cpu, CPU, m) {
   m.impl("max_topk_backward", &max_topk_backward);
   m.impl("power_mean_forward", &power_mean_forward);
   m.impl("power_mean_backward", &power_mean_backward);
+  m.impl("power_mean_grad_p", &power_mean_grad_p);
   m.impl("weighted_mean_forward", &weighted_mean_forward);
   m.impl("weighted_mean_backward", &weighted_mean_backward);
   m.impl("self_weighted_forward", &self_weighted_forward);
