@@ -264,3 +264,24 @@ def test_aot_autograd_and_export_keep_the_operators() -> None:
     assert sum("poolkit.window_self_weighted_mean" in t for t in targets) == 2, targets
     assert sum("poolkit.window_power_sum" in t for t in targets) == 1, targets
     torch.testing.assert_close(exported.module()(x), expected)
+
+
+@pytest.mark.parametrize("name", ["softpool", "stochastic", "lp3", "gem", "weighted"])
+def test_short_rows_of_many_channels_take_the_channels_last_kernels(name: str) -> None:
+    """NCHW inputs whose output rows are shorter than 4 with 16+ channels run channels_last internally."""
+    from poolkit.layers.fused import window_power_mean, window_weighted_mean_fused
+
+    reseed(27)
+    weight = torch.rand(2, 1, 5, 6, dtype=torch.float64).add(0.1)
+    methods = {
+        **METHODS,
+        "gem": lambda t, g: window_power_mean(t.abs(), PoolGeometry.create(*g), 2.5, 1e-6),
+        "weighted": lambda t, g: window_weighted_mean_fused(t, weight, PoolGeometry.create(*g), 0.01),
+    }
+    for g in [(2, 2, 0, 1, False), (3, 2, 0, 1, True), (2, 2, 1, 2, False)]:
+        x = _input(name, 5, 6, torch.float64, channels_last=False).repeat(1, 6, 1, 1)  # 18 channels
+        assert PoolGeometry.create(*g).output_size(5, 6)[1] < 4
+        (y0, g0), (y1, g1) = _both_paths(methods[name], x, g)
+        torch.testing.assert_close(y1, y0, equal_nan=True, msg=str(g))
+        torch.testing.assert_close(g1, g0, equal_nan=True, msg=str(g))
+        assert y1.is_contiguous() and g1.is_contiguous()

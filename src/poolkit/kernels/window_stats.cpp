@@ -126,6 +126,24 @@ at::MemoryFormat layout_flag(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// NCHW inputs whose output rows are very short (fewer than 4 outputs, e.g. the 2x2 maps of VGG's last stage)
+// spend their time in per-row overhead, not in arithmetic: the kernels of GeM, the weighted means and LP run
+// them in channels_last (C innermost: one long vectorised line per position) on a copy, and return their
+// outputs in the input's layout. The copy is one pass over the input, the per-row overhead was about 10x.
+bool short_rows(int64_t channels, int64_t out_w) { return out_w < 4 && channels >= 16; }
+
+at::MemoryFormat compute_layout(const Tensor& x, int64_t out_w) {
+  const at::MemoryFormat fmt = layout_of(x);
+  return fmt == at::MemoryFormat::Contiguous && short_rows(x.size(1), out_w) ? at::MemoryFormat::ChannelsLast : fmt;
+}
+
+// The same rule in a backward pass, from the forward input's layout and the output width.
+at::MemoryFormat backward_layout(bool channels_last, const Tensor& x, int64_t out_w) {
+  return channels_last || short_rows(x.size(1), out_w) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+Tensor in_layout_of(const Tensor& t, const Tensor& input) { return t.contiguous(layout_of(input)); }
+
 // Per output cell of a plane: 1 / (number of real cells of its window), in the arithmetic type.
 template <typename acc_t>
 std::vector<acc_t> inverse_counts(const Geometry& g) {
@@ -648,7 +666,7 @@ std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const
                                                       at::IntArrayRef out_size) {
   TORCH_CHECK(p.numel() == 1, "poolkit power_mean_forward: p must hold one value, got ", p.numel());
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
   const Tensor x = input.contiguous(fmt);
   const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -659,7 +677,7 @@ std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_forward", [&] {
     power_mean_forward_impl<scalar_t>(x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, y, s, ds);
   });
-  return {y, s, ds};
+  return {in_layout_of(y, input), in_layout_of(s, input), in_layout_of(ds, input)};
 }
 
 // dx_i = z_i^(p-1) [x_i >= eps] * sum over windows w containing i of gy_w S_w^(1/p - 1) / n_w
@@ -737,7 +755,7 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
 Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, const Tensor& p,
                            double eps, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, bool channels_last) {
-  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, s.size(3));
   const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -748,7 +766,7 @@ Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& 
     const bool cl = fmt == at::MemoryFormat::ChannelsLast;
     power_mean_backward_impl<scalar_t>(gy, ss, x, g, cl, p_value, eps, gx, share);
   });
-  return gx;
+  return gx.contiguous(layout_flag(channels_last));
 }
 
 // GeM's dL/dp = sum over outputs of gy y (S' / (p S) - ln S / p^2), y = S^(1/p): one pass over the
@@ -851,7 +869,7 @@ std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tens
                   weight.size(3) == input.size(3) && (weight.size(1) == input.size(1) || weight.size(1) == 1),
               "poolkit weighted_mean_forward: the weight must be (N, C, H, W) or (N, 1, H, W) like the input");
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
   const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
   const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -860,7 +878,7 @@ std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_forward", [&] {
     weighted_mean_forward_impl<scalar_t>(x, w, g, fmt == at::MemoryFormat::ChannelsLast, eps, y, d);
   });
-  return {y, d};
+  return {in_layout_of(y, input), in_layout_of(d, input)};
 }
 
 // With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w. A weight of x's shape
@@ -968,7 +986,7 @@ std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Te
                                                   at::IntArrayRef kernel, at::IntArrayRef stride,
                                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                                   bool channels_last) {
-  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, y.size(3));
   const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -979,7 +997,7 @@ std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Te
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_backward", [&] {
     weighted_mean_backward_impl<scalar_t>(gy, yy, dd, x, w, g, fmt == at::MemoryFormat::ChannelsLast, gx, gw);
   });
-  return {gx, gw};
+  return {gx.contiguous(layout_flag(channels_last)), gw.contiguous(layout_flag(channels_last))};
 }
 
 // ---------------------------------------------------------------------------------- self-weighted mean
@@ -1071,7 +1089,7 @@ std::tuple<Tensor, Tensor, Tensor> self_weighted_forward(const Tensor& input, in
                                                          at::IntArrayRef dilation, at::IntArrayRef out_size) {
   TORCH_CHECK(mode == kSoftmax || mode == kRelu, "poolkit self_weighted_forward: unknown weight mode ", mode);
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
   const Tensor x = input.contiguous(fmt);
   const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -1086,7 +1104,7 @@ std::tuple<Tensor, Tensor, Tensor> self_weighted_forward(const Tensor& input, in
       self_weighted_forward_impl<kRelu, scalar_t>(x, g, cl, y, d, m);
     }
   });
-  return {y, d, m};
+  return {in_layout_of(y, input), in_layout_of(d, input), in_layout_of(m, input)};
 }
 
 // One window's contribution to dx_i (see above); inv = 1 / n_w.
@@ -1160,7 +1178,7 @@ Tensor self_weighted_backward(const Tensor& grad_y, const Tensor& y, const Tenso
                               const Tensor& input, int64_t mode, at::IntArrayRef kernel, at::IntArrayRef stride,
                               at::IntArrayRef padding, at::IntArrayRef dilation, bool channels_last) {
   TORCH_CHECK(mode == kSoftmax || mode == kRelu, "poolkit self_weighted_backward: unknown weight mode ", mode);
-  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, y.size(3));
   const Tensor x = input.contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
   const Tensor mm = m.contiguous(fmt);
@@ -1174,7 +1192,7 @@ Tensor self_weighted_backward(const Tensor& grad_y, const Tensor& y, const Tenso
       self_weighted_backward_impl<kRelu, scalar_t>(gy, yy, dd, mm, x, g, cl, gx);
     }
   });
-  return gx;
+  return gx.contiguous(layout_flag(channels_last));
 }
 
 // ------------------------------------------------------------------------------------------ power sum
@@ -1227,7 +1245,7 @@ std::tuple<Tensor, Tensor> power_sum_forward(const Tensor& input, double p, at::
                                              at::IntArrayRef dilation, at::IntArrayRef out_size) {
   TORCH_CHECK(p > 0, "poolkit power_sum_forward: p must be positive, got ", p);
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
   const Tensor x = input.contiguous(fmt);
   const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -1241,7 +1259,7 @@ std::tuple<Tensor, Tensor> power_sum_forward(const Tensor& input, double p, at::
       power_sum_forward_impl<false, scalar_t>(x, g, cl, p, y, s);
     }
   });
-  return {y, s};
+  return {in_layout_of(y, input), in_layout_of(s, input)};
 }
 
 template <bool Square, typename scalar_t>
@@ -1301,7 +1319,7 @@ void power_sum_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x,
 Tensor power_sum_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, double p,
                           at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                           at::IntArrayRef dilation, bool channels_last) {
-  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, s.size(3));
   const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
@@ -1315,7 +1333,7 @@ Tensor power_sum_backward(const Tensor& grad_y, const Tensor& s, const Tensor& i
       power_sum_backward_impl<false, scalar_t>(gy, ss, x, g, cl, p, gx, share);
     }
   });
-  return gx;
+  return gx.contiguous(layout_flag(channels_last));
 }
 
 }  // namespace
