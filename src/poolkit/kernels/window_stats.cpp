@@ -795,7 +795,13 @@ Tensor power_mean_grad_p(const Tensor& grad_y, const Tensor& s, const Tensor& ds
               const acc_t y = power_of(mean, lm, inv_p);
               terms[j] = gp[at + j] * y * (dp[at + j] * inv_p / mean - lm * inv_p2);
             }
-            for (int64_t j = 0; j < n; ++j) sum += static_cast<double>(terms[j]);
+            double part[4] = {0, 0, 0, 0};  // four chains of double adds instead of one serial chain
+            int64_t j = 0;
+            for (; j + 4 <= n; j += 4) {
+              for (int64_t k = 0; k < 4; ++k) part[k] += static_cast<double>(terms[j + k]);
+            }
+            for (; j < n; ++j) part[0] += static_cast<double>(terms[j]);
+            sum += (part[0] + part[1]) + (part[2] + part[3]);
           }
           return sum;
         },
