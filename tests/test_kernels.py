@@ -24,6 +24,7 @@ from poolkit.kernels.ops import (
     window_max_mean_op,
     window_max_topk_blend_op,
     window_max_topk_mean_op,
+    window_power_mean_grad_p_op,
     window_power_mean_op,
     window_weighted_mean_op,
 )
@@ -491,3 +492,21 @@ def test_blend_with_a_parameter_per_output_cell_takes_the_reference() -> None:
     with use_fused_kernels("off"):
         y0 = window_blend(x, g, p, gate="soft", tau=0.5)
     torch.testing.assert_close(y, y0)
+
+
+@needs_build
+def test_power_mean_grad_p_operator_equals_its_formula() -> None:
+    reseed(14)
+    x = torch.rand(2, 3, 8, 6, dtype=torch.float64).add(0.05)
+    p = torch.tensor(2.5, dtype=torch.float64)
+    g = PoolGeometry.create(3, 2, 1)
+    y, s, ds = window_power_mean_op(x, p, 1e-6, *_args(g, x))
+    grad_y = torch.randn_like(y)
+    expected = (grad_y * s.pow(1 / p) * (ds / (p * s) - s.log() / (p * p))).sum()
+    torch.testing.assert_close(window_power_mean_grad_p_op(grad_y, s, ds, p), expected)
+    torch.library.opcheck(window_power_mean_grad_p_op, (grad_y, s, ds, p))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    _, s_cl, ds_cl = window_power_mean_op(cl, p.float(), 1e-6, *_args(g, cl))
+    torch.testing.assert_close(
+        window_power_mean_grad_p_op(grad_y.float(), s_cl.float(), ds_cl.float(), p), expected.float()
+    )

@@ -26,14 +26,18 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 if not INTERPRETED and not torch.cuda.is_available():
     pytest.skip("the Triton kernels need a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 _triton_window = pytest.importorskip("poolkit.kernels.triton_window", reason="triton is not installed")
+_triton_lp_soft = pytest.importorskip("poolkit.kernels.triton_lp_soft", reason="triton is not installed")
 DEVICE = "cpu" if INTERPRETED else "cuda"
 
 
 class _OnDevice:
-    """``triton_window``'s functions, called with their tensors on DEVICE and answering on the CPU."""
+    """A Triton module's functions, called with their tensors on DEVICE and answering on the CPU."""
+
+    def __init__(self, module) -> None:
+        self._module = module
 
     def __getattr__(self, name: str):
-        function = getattr(_triton_window, name)
+        function = getattr(self._module, name)
 
         def call(*args):
             out = function(*[a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args])
@@ -44,7 +48,8 @@ class _OnDevice:
         return call
 
 
-triton_window = _OnDevice()
+triton_window = _OnDevice(_triton_window)
+triton_lp_soft = _OnDevice(_triton_lp_soft)
 
 pytestmark = pytest.mark.slow
 
@@ -136,8 +141,8 @@ def test_triton_first_maximum_and_nan_follow_max_pool2d() -> None:
 
 
 def test_registering_the_cuda_kernels_is_idempotent() -> None:
-    triton_window.register_cuda_kernels()
-    triton_window.register_cuda_kernels()
+    for module in (triton_window, triton_lp_soft, triton_window, triton_lp_soft):
+        module.register_cuda_kernels()
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
@@ -183,8 +188,7 @@ def test_triton_weighted_mean_equals_the_reference(channels_last: bool, shared: 
         grad_x0, grad_w0 = torch.autograd.grad((y0 * probe).sum(), [leaf_x, leaf_w])
         y, d = triton_window.weighted_mean_forward(x, w, 0.1, *args)
         grad_x, grad_w = triton_window.weighted_mean_backward(probe, y, d, x, w, *args[:4], channels_last)
-        if shared:
-            grad_w = grad_w.sum(1, keepdim=True)
+        assert grad_w.shape == w.shape
         context = str(g)
         torch.testing.assert_close(y, y0, msg=context)
         torch.testing.assert_close(grad_x, grad_x0, msg=context)
@@ -219,3 +223,61 @@ def test_every_pool_on_cuda_is_the_same_with_the_triton_kernels(name: str, chann
         torch.testing.assert_close(g1, g0, rtol=1e-4, atol=1e-5, msg=context)
         for a, b in zip(p1, p0, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=context)
+
+
+def _layer_reference(fn, x: torch.Tensor, g: PoolGeometry, probe_seed: int):
+    """(y, dx of sum(probe * y)) of a layer's eager reference code (``POOLKIT_FUSED=off``)."""
+    leaf = x.clone().requires_grad_()
+    with use_fused_kernels("off"):
+        y = fn(leaf)
+    probe = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(probe_seed))
+    (grad,) = torch.autograd.grad((y * probe).nansum(), leaf)
+    return y, grad, probe
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("weights", ["softmax", "relu"])
+def test_triton_self_weighted_mean_equals_the_layers(channels_last: bool, weights: str) -> None:
+    from poolkit.layers.attention import soft_pool2d
+    from poolkit.layers.literature import stochastic_pool2d
+
+    reseed(4)
+    for geometry in GEOMETRIES:
+        g = PoolGeometry.create(*geometry)
+        x = _input(7, 6, torch.float64, False, channels_last)
+        if weights == "relu":
+            x = x.mul(1.5).round().sub(0.5)  # windows without a positive cell take the mean
+        pool = soft_pool2d if weights == "softmax" else stochastic_pool2d
+        y0, grad0, probe = _layer_reference(
+            lambda t, pool=pool, geometry=geometry: pool(t, *geometry), x, g, 5
+        )
+        args = _args(g, 7, 6)
+        y, d, m = triton_lp_soft.self_weighted_forward(x, weights, *args)
+        grad = triton_lp_soft.self_weighted_backward(probe, y, d, m, x, weights, *args[:4], channels_last)
+        context = f"{weights} {g}"
+        torch.testing.assert_close(y, y0, msg=context)
+        torch.testing.assert_close(grad, grad0, msg=context)
+        if channels_last:
+            assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("p", [2.0, 3.0, 1.5])
+def test_triton_power_sum_equals_lp_pool2d(channels_last: bool, p: float) -> None:
+    from poolkit.layers.classic import lp_pool2d
+
+    reseed(5)
+    for geometry in GEOMETRIES:
+        g = PoolGeometry.create(*geometry)
+        x = _input(7, 6, torch.float64, True, channels_last)  # zeros: all-zero windows (gradient 0)
+        if p == 3.0:
+            x = x - 0.5  # negative cells: an odd power keeps the sign
+        y0, grad0, probe = _layer_reference(
+            lambda t, geometry=geometry: lp_pool2d(t, *geometry, norm_type=p), x, g, 6
+        )
+        args = _args(g, 7, 6)
+        y, s = triton_lp_soft.power_sum_forward(x, p, *args)
+        grad = triton_lp_soft.power_sum_backward(probe, s, x, p, *args[:4], channels_last)
+        context = f"p={p} {g}"
+        torch.testing.assert_close(y, y0, equal_nan=True, msg=context)
+        torch.testing.assert_close(grad, grad0, equal_nan=True, msg=context)

@@ -183,11 +183,12 @@ def cuda_kernels_available() -> bool:
         available = False
         if torch.cuda.is_available():
             try:
-                from poolkit.kernels.triton_window import register_cuda_kernels
+                from poolkit.kernels import triton_lp_soft, triton_window
             except ImportError:
                 pass
             else:
-                register_cuda_kernels()
+                triton_window.register_cuda_kernels()
+                triton_lp_soft.register_cuda_kernels()
                 available = True
         _cuda["available"] = available
     return _cuda["available"]

@@ -1,6 +1,6 @@
 """The window statistics as PyTorch custom operators: one operator forward, one backward, fake kernels too.
 
-Two operators, each computing several statistics of the same windows in one pass over the input:
+Six operators, each computing several statistics of the same windows in one pass over the input:
 
 * ``poolkit::window_max_mean(x, kernel, stride, padding, dilation, out_size) -> (M, A, index)``:
   ``M = max_R x`` and ``A = sum_R x / n`` over each window's real cells R (n = |R|, padding never wins the
@@ -28,12 +28,27 @@ Two operators, each computing several statistics of the same windows in one pass
 * ``poolkit::window_power_mean(x, p, eps, ...) -> (y, S, S')``: GeM, ``y = S^(1/p)`` with
   ``S = mean_R z^p``, ``z = max(x, eps)``, and ``S' = mean_R z^p ln z``. Backward:
   ``dx_i = z_i^(p-1) [x_i >= eps] sum_w gy_w S_w^(1/p - 1) / n_w`` and
-  ``dp = sum gy y (S'/(p S) - ln S / p^2)``.
-  Saved: the input, S and S' (float32, float64 for float64 inputs), p.
+  ``dp = sum gy y (S'/(p S) - ln S / p^2)`` (its own operator, ``poolkit::window_power_mean_grad_p``, one
+  pass over the output-sized gy, S and S'). Saved: the input, S and S' (float32, float64 for float64
+  inputs), p.
 * ``poolkit::window_weighted_mean(x, w, eps, ...) -> (y, D)``: ``y = sum_R w x / D``, ``D = sum_R w + eps``,
   w of x's shape or (N, 1, H, W) shared by the channels. Backward, with ``a = gy / D``:
-  ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over channels for a shared
-  w). Saved: x, w, y and D.
+  ``dx_i = w_i sum_w a_w`` and ``dw_i = x_i sum_w a_w - sum_w a_w y_w`` (summed over the channels inside
+  the kernel for a shared w, which gets its (N, 1, H, W) gradient directly). Saved: x, w, y and D.
+* ``poolkit::window_self_weighted_mean(x, weights, ...) -> (y, D, M)``: the weighted mean
+  ``y = sum_R w x / D``, ``D = sum_R w``, with weights computed from x inside the kernel (one pass, no
+  weight tensor in memory):
+  ``"softmax"`` (SoftPool) ``w = exp(x - M)``, M the window maximum, so that no exp overflows (M cancels in
+  y); ``"relu"`` (stochastic pooling in evaluation) ``w = relu(x)``, and the plain mean of the real cells
+  where D = 0. Backward, with ``a = gy / D``: softmax ``dx_i = sum_w a_w exp(x_i - M_w) (1 + x_i - y_w)``;
+  relu ``dx_i = sum_w (D_w > 0 ? a_w [x_i > 0] (2 x_i - y_w) : gy_w / n_w)``. Saved: x, y, D and M.
+  (A separate operator, not window_weighted_mean with a weight tensor: that would need one more input-sized
+  pass to compute the weights and one more backward pass for their chain rule, and SoftPool's stable
+  weights need the window maximum before the exponentials, which only the kernel has.)
+* ``poolkit::window_power_sum(x, p, ...) -> (y, S)``: LP pooling as ``nn.LPPool2d``, ``S = sum_R x^p`` with
+  torch.pow's real powers (a negative x keeps its sign for an integer p, NaN for another p),
+  ``y = S^(1/p)``, and ``y = 0`` with gradient 0 where ``S = 0``. p is a float constant (``norm_type``).
+  Backward: ``dx_i = x_i^(p-1) sum_w [S_w != 0] gy_w S_w^(1/p - 1)``. Saved: x and S.
 
 Shapes: x (N, C, H, W) -> outputs (N, C, H_out, W_out) with ``out_size = (H_out, W_out)`` from
 :meth:`poolkit.layers.windows.PoolGeometry.output_size`; outputs are channels_last when x is (the rule of
@@ -71,6 +86,8 @@ __all__ = [
     "window_max_topk_blend_op",
     "window_max_topk_mean_op",
     "window_power_mean_op",
+    "window_power_sum_op",
+    "window_self_weighted_mean_op",
     "window_weighted_mean_op",
 ]
 
@@ -497,6 +514,24 @@ def _(grad_y: Tensor, s: Tensor, x: Tensor, *args: Any) -> Tensor:
     return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
 
 
+@torch.library.custom_op("poolkit::window_power_mean_grad_p", mutates_args=(), device_types="cpu")
+def window_power_mean_grad_p_op(grad_y: Tensor, s: Tensor, ds: Tensor, p: Tensor) -> Tensor:
+    """GeM's ``dL/dp = sum gy y (S'/(p S) - ln S / p^2)``, ``y = S^(1/p)``: one pass (0-dim, S's dtype)."""
+    grad: Tensor = torch.ops.poolkit_cpu.power_mean_grad_p(grad_y, s, ds, p)
+    return grad
+
+
+@window_power_mean_grad_p_op.register_fake
+def _(grad_y: Tensor, s: Tensor, ds: Tensor, p: Tensor) -> Tensor:
+    return s.new_empty(())
+
+
+@window_power_mean_grad_p_op.register_kernel("cuda")
+def _(grad_y: Tensor, s: Tensor, ds: Tensor, p: Tensor) -> Tensor:
+    q = p.to(s.dtype)  # the same formula in torch operations (CUDA has no compiled kernel for it)
+    return (grad_y.to(s.dtype) * s.pow(1.0 / q) * (ds / (q * s) - s.log() / (q * q))).sum()
+
+
 def _setup_power_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
     x, p, eps, kernel, stride, padding, dilation, _ = inputs
     _, s, ds = output
@@ -514,10 +549,7 @@ def _backward_power_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any,
         grad_x = window_power_mean_backward_op(grad_y, s, x, p, ctx.eps, *ctx.geometry)
     grad_p = None
     if ctx.needs_input_grad[1]:
-        q = p.to(s.dtype)
-        y = s.pow(1.0 / q)
-        grad_p = (grad_y.to(s.dtype) * y * (ds / (q * s) - s.log() / (q * q))).sum()
-        grad_p = grad_p.to(p.dtype).reshape(p.shape)
+        grad_p = window_power_mean_grad_p_op(grad_y, s, ds, p).to(p.dtype).reshape(p.shape)
     return grad_x, grad_p, None, None, None, None, None, None
 
 
@@ -562,7 +594,7 @@ def window_weighted_mean_backward_op(
     dilation: Sequence[int],
     channels_last: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(dx, dw at x's shape) of :func:`window_weighted_mean_op`, each written once."""
+    """(dx, dw) of :func:`window_weighted_mean_op`, each written once (dw of w's shape)."""
     gx, gw = torch.ops.poolkit_cpu.weighted_mean_backward(
         grad_y, y, d, x, w, kernel, stride, padding, dilation, channels_last
     )
@@ -571,7 +603,10 @@ def window_weighted_mean_backward_op(
 
 @window_weighted_mean_backward_op.register_fake
 def _(grad_y: Tensor, y: Tensor, d: Tensor, x: Tensor, w: Tensor, *args: Any) -> Any:
-    return tuple(_empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1]) for _ in range(2))
+    grad_x = _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+    if w.shape[1] == x.shape[1]:
+        return grad_x, _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+    return grad_x, x.new_empty((x.shape[0], 1, *x.shape[-2:]))  # a shared weight: dw summed over channels
 
 
 def _setup_weighted_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
@@ -585,9 +620,158 @@ def _backward_weighted_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[A
     if grad_y is None or not any(ctx.needs_input_grad[:2]):
         return None, None, None, None, None, None, None, None
     gx, gw = window_weighted_mean_backward_op(grad_y, y, d, x, w, *ctx.geometry)
-    if w.shape[1] != x.shape[1]:  # one weight map shared by the channels
-        gw = gw.sum(1, keepdim=True)
     return gx, gw.to(w.dtype), None, None, None, None, None, None
 
 
 window_weighted_mean_op.register_autograd(_backward_weighted_mean, setup_context=_setup_weighted_mean)
+
+
+# --------------------------------------------------------------------------------- self-weighted mean
+
+#: The weights of :func:`window_self_weighted_mean_op`, by name, as the C++ kernels number them.
+SELF_WEIGHTS = {"softmax": 0, "relu": 1}
+
+
+def self_weight_mode(weights: str) -> int:
+    """The kernels' number of a weight name of :data:`SELF_WEIGHTS`; a ValueError names the valid ones."""
+    if weights not in SELF_WEIGHTS:
+        names = ", ".join(SELF_WEIGHTS)
+        raise ValueError(f"self-weighted mean: weights must be one of {names}, got {weights!r}")
+    return SELF_WEIGHTS[weights]
+
+
+@torch.library.custom_op("poolkit::window_self_weighted_mean", mutates_args=(), device_types="cpu")
+def window_self_weighted_mean_op(
+    x: Tensor,
+    weights: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(y, D, M) of the mean weighted by ``softmax`` or ``relu`` of x itself; see the module docstring."""
+    outputs = torch.ops.poolkit_cpu.self_weighted_forward(
+        x, self_weight_mode(weights), kernel, stride, padding, dilation, out_size
+    )
+    return tuple(outputs)  # type: ignore[return-value]
+
+
+@window_self_weighted_mean_op.register_fake
+def _(x: Tensor, weights: str, *geometry: Any) -> Any:
+    self_weight_mode(weights)
+    out_size = geometry[-1]
+    return _empty(x, out_size), _empty(x, out_size, accumulate_dtype(x.dtype)), _empty(x, out_size)
+
+
+@torch.library.custom_op("poolkit::window_self_weighted_mean_backward", mutates_args=(), device_types="cpu")
+def window_self_weighted_mean_backward_op(
+    grad_y: Tensor,
+    y: Tensor,
+    d: Tensor,
+    m: Tensor,
+    x: Tensor,
+    weights: str,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_self_weighted_mean_op`, written once (``channels_last``: x's
+    layout)."""
+    grad: Tensor = torch.ops.poolkit_cpu.self_weighted_backward(
+        grad_y, y, d, m, x, self_weight_mode(weights), kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_self_weighted_mean_backward_op.register_fake
+def _(grad_y: Tensor, y: Tensor, d: Tensor, m: Tensor, x: Tensor, *args: Any) -> Tensor:
+    return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+
+
+def _setup_self_weighted_mean(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, weights, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, *output)
+    ctx.weights = weights
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_self_weighted_mean(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, y, d, m = ctx.saved_tensors
+    if grad_y is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None, None
+    grad = window_self_weighted_mean_backward_op(grad_y, y, d, m, x, ctx.weights, *ctx.geometry)
+    return grad, None, None, None, None, None, None
+
+
+window_self_weighted_mean_op.register_autograd(
+    _backward_self_weighted_mean, setup_context=_setup_self_weighted_mean
+)
+
+
+# ---------------------------------------------------------------------------------------- power sum
+
+
+@torch.library.custom_op("poolkit::window_power_sum", mutates_args=(), device_types="cpu")
+def window_power_sum_op(
+    x: Tensor,
+    p: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    out_size: Sequence[int],
+) -> tuple[Tensor, Tensor]:
+    """(y, S) of LP pooling for every window; see the module docstring."""
+    y, s = torch.ops.poolkit_cpu.power_sum_forward(x, p, kernel, stride, padding, dilation, out_size)
+    return y, s
+
+
+@window_power_sum_op.register_fake
+def _(x: Tensor, p: float, *geometry: Any) -> Any:
+    out_size = geometry[-1]
+    return _empty(x, out_size), _empty(x, out_size, accumulate_dtype(x.dtype))
+
+
+@torch.library.custom_op("poolkit::window_power_sum_backward", mutates_args=(), device_types="cpu")
+def window_power_sum_backward_op(
+    grad_y: Tensor,
+    s: Tensor,
+    x: Tensor,
+    p: float,
+    kernel: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    channels_last: bool,
+) -> Tensor:
+    """The input gradient of :func:`window_power_sum_op`, written once (``channels_last``: x's layout)."""
+    grad: Tensor = torch.ops.poolkit_cpu.power_sum_backward(
+        grad_y, s, x, p, kernel, stride, padding, dilation, channels_last
+    )
+    return grad
+
+
+@window_power_sum_backward_op.register_fake
+def _(grad_y: Tensor, s: Tensor, x: Tensor, *args: Any) -> Tensor:
+    return _empty_in(x, x.shape[-2:], x.dtype, channels_last=args[-1])
+
+
+def _setup_power_sum(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, Tensor]) -> None:
+    x, p, kernel, stride, padding, dilation, _ = inputs
+    ctx.save_for_backward(x, output[1])
+    ctx.p = p
+    ctx.geometry = (kernel, stride, padding, dilation, memory_format(x) == torch.channels_last)
+
+
+def _backward_power_sum(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, ...]:
+    x, s = ctx.saved_tensors
+    if grad_y is None or not ctx.needs_input_grad[0]:
+        return None, None, None, None, None, None, None
+    grad = window_power_sum_backward_op(grad_y, s, x, ctx.p, *ctx.geometry)
+    return grad, None, None, None, None, None, None
+
+
+window_power_sum_op.register_autograd(_backward_power_sum, setup_context=_setup_power_sum)

@@ -1,8 +1,8 @@
 """Triton kernels of the window statistics: the CUDA implementation of the ``poolkit::`` custom operators.
 
-The same four computations as the C++ CPU kernels (``window_stats.cpp``), with the same signatures, so that
-:func:`register_cuda_kernels` can register them as the CUDA kernels of the operators of
-:mod:`poolkit.kernels.ops`:
+The C++ CPU kernels' computations (``window_stats.cpp``; SoftPool's and LP's: ``triton_lp_soft``), with the
+same signatures, so that :func:`register_cuda_kernels` can register them as the CUDA kernels of the
+operators of :mod:`poolkit.kernels.ops`:
 
 * :func:`max_mean_forward` -> (M, A, index) and :func:`max_mean_backward` -> dx, for the blends;
 * :func:`max_topk_forward` -> (M, T_K, index, kth, tie) and :func:`max_topk_backward` -> dx, for T-Max-Avg;
@@ -562,7 +562,7 @@ def weighted_mean_backward(
     dilation: Sequence[int],
     channels_last: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(dx, dw at x's shape) of the weighted mean, each written once."""
+    """(dx, dw of w's shape) of the weighted mean (a shared w's dw summed over the channels)."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     weights = w.to(x.dtype).expand(x.shape)
@@ -576,7 +576,7 @@ def weighted_mean_backward(
         **_geometry(kernel, stride, padding, dilation),
         CL=channels_last, DOUBLE=x.dtype == torch.float64, BLOCK=BLOCK,
     )  # fmt: skip
-    return grad_x, grad_w
+    return grad_x, grad_w if w.shape[1] == x.shape[1] else grad_w.sum(1, keepdim=True)  # dw: w's shape
 
 
 _registered: list[bool] = []

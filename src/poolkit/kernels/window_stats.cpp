@@ -27,6 +27,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -124,6 +125,24 @@ at::MemoryFormat layout_of(const Tensor& x) {
 at::MemoryFormat layout_flag(bool channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
+
+// NCHW inputs whose output rows are very short (fewer than 4 outputs, e.g. the 2x2 maps of VGG's last stage)
+// spend their time in per-row overhead, not in arithmetic: the kernels of GeM, the weighted means and LP run
+// them in channels_last (C innermost: one long vectorised line per position) on a copy, and return their
+// outputs in the input's layout. The copy is one pass over the input, the per-row overhead was about 10x.
+bool short_rows(int64_t channels, int64_t out_w) { return out_w < 4 && channels >= 16; }
+
+at::MemoryFormat compute_layout(const Tensor& x, int64_t out_w) {
+  const at::MemoryFormat fmt = layout_of(x);
+  return fmt == at::MemoryFormat::Contiguous && short_rows(x.size(1), out_w) ? at::MemoryFormat::ChannelsLast : fmt;
+}
+
+// The same rule in a backward pass, from the forward input's layout and the output width.
+at::MemoryFormat backward_layout(bool channels_last, const Tensor& x, int64_t out_w) {
+  return channels_last || short_rows(x.size(1), out_w) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+Tensor in_layout_of(const Tensor& t, const Tensor& input) { return t.contiguous(layout_of(input)); }
 
 // Per output cell of a plane: 1 / (number of real cells of its window), in the arithmetic type.
 template <typename acc_t>
@@ -571,6 +590,78 @@ Tensor max_topk_backward(const Tensor& grad_m, const Tensor& grad_t, const Tenso
   return gx;
 }
 
+// ------------------------------------------------------------------------ vectorisable exp and log
+
+// exp in float arithmetic, written so that the compiler vectorises the loops that call it (std::exp is one
+// library call per element, and glibc's vector versions need -ffast-math): exp(x) = 2^k e^r with
+// k = round(x / ln 2) and r = x - k ln 2 (Cody-Waite split), e^r by Cephes' degree-7 polynomial on
+// |r| <= ln2 / 2; relative error about 1e-7 (1-2 ulp). Below -87.3 (under float's normal range) it returns
+// 0, above 88.7 infinity; a NaN stays NaN. Double arithmetic (float64 inputs, gradcheck) keeps std::exp.
+inline float fast_exp(float x) {
+  const float lo = -87.33654f, hi = 88.0f;
+  const float xc = x < lo ? lo : (x > hi ? hi : x);  // a NaN passes through both comparisons
+  const float magic = 12582912.0f;                    // 1.5 * 2^23: adding it rounds to an integer
+  const float k = (xc * 1.44269504088896341f + magic) - magic;
+  float r = xc - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const float result = p * scale;
+  return x < lo ? 0.0f : (x > 88.72283f ? std::numeric_limits<float>::infinity() : result);
+}
+
+inline double fast_exp(double x) { return std::exp(x); }
+
+// log in float arithmetic, vectorisable like fast_exp: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log x = log m + e ln 2 with Cephes' polynomial for log(1 + f), f = m - 1; relative error about 1e-7.
+// Subnormal x is scaled by 2^23 first; log 0 = -inf, log of a negative number NaN, log inf = inf.
+inline float fast_log(float x) {
+  const bool tiny = x < 1.17549435e-38f;
+  const float xs = tiny ? x * 8388608.0f : x;
+  int32_t bits;
+  std::memcpy(&bits, &xs, sizeof(bits));
+  int32_t e = ((bits >> 23) & 0xff) - 127 - (tiny ? 23 : 0);
+  const int32_t mantissa = (bits & 0x007fffff) | 0x3f800000;  // m in [1, 2)
+  float m;
+  std::memcpy(&m, &mantissa, sizeof(m));
+  const bool big = m > 1.41421356f;
+  m = big ? m * 0.5f : m;
+  e = big ? e + 1 : e;
+  const float f = m - 1.0f, z = f * f, fe = static_cast<float>(e);
+  float y = 7.0376836292e-2f;
+  y = y * f - 1.1514610310e-1f;
+  y = y * f + 1.1676998740e-1f;
+  y = y * f - 1.2420140846e-1f;
+  y = y * f + 1.4249322787e-1f;
+  y = y * f - 1.6668057665e-1f;
+  y = y * f + 2.0000714765e-1f;
+  y = y * f - 2.4999993993e-1f;
+  y = y * f + 3.3333331174e-1f;
+  y = y * f * z;
+  y += -2.12194440e-4f * fe;
+  y += -0.5f * z;
+  const float result = (f + y) + 0.693359375f * fe;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  // The special values as added terms, each 0 for a positive finite x: a select between two results
+  // (or && of two comparisons) kept gcc from vectorising the loops that call this.
+  return result + (x == 0.0f ? -inf : 0.0f) + (x >= 0.0f ? 0.0f : nan) + (x == inf ? inf : 0.0f);
+}
+
+inline double fast_log(double x) { return std::log(x); }
+
+// z^p for z > 0 given lz = log z: exp(p lz) in float (vectorised), std::pow in double (gradcheck's rounding).
+inline float power_of(float, float lz, float p) { return fast_exp(p * lz); }
+inline double power_of(double z, double, double p) { return std::pow(z, p); }
+
+
 // ---------------------------------------------------------------------------------------------- blends
 
 // y = lam M + (1 - lam) S of every window, S the window mean A or the top-K mean T_K, lam from the gate
@@ -583,28 +674,6 @@ enum BlendGate : int64_t {
   kSoft = 2,  // lam = sigmoid((M - q) / tau):     cP = -(M - S) lam (1 - lam) / tau
 };
 
-// exp for the sigmoid of the soft gate, branch-free so that the epilogue loop vectorises: Cody-Waite range
-// reduction and Cephes' degree-7 polynomial (relative error below 1e-7 in float); std::exp in double.
-inline float gate_exp(float v) {
-  v = std::min(std::max(v, -87.0f), 88.0f);
-  // n = round(v / ln 2) by the 1.5 * 2^23 trick (no floor call, so the loop vectorises)
-  const float shifted = v * 1.44269504088896341f + 12582912.0f;
-  const float n = shifted - 12582912.0f;
-  float r = v - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-inline double gate_exp(double v) { return std::exp(v); }
 
 // torch.lerp's formula (the reference path blends with torch.lerp): exact at both ends.
 template <typename acc_t>
@@ -650,7 +719,7 @@ struct BlendOutputs {
       } else {
         // A weight below 2^-64 is 0: it changes y by less than 2^-64 |M - S|, and it keeps subnormal numbers,
         // whose arithmetic is ~100x slower on x86, out of this loop and of the backward.
-        const acc_t sig = acc_t(1) / (acc_t(1) + gate_exp((qj - mj) * inv_tau));
+        const acc_t sig = acc_t(1) / (acc_t(1) + fast_exp((qj - mj) * inv_tau));
         const acc_t l = sig < acc_t(5.421010862427522e-20) ? acc_t(0) : sig;
         const acc_t slope = -(mj - sj) * l * (acc_t(1) - l) * inv_tau;
         yo[j] = static_cast<scalar_t>(lerp_of(sj, mj, l));
@@ -913,8 +982,8 @@ inline void power_step(const scalar_t* src, int64_t step, int64_t n, acc_t p, ac
   for (int64_t j = 0; j < n; ++j) {
     const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
     const acc_t z = v < eps ? eps : v;  // clamp(x, min=eps); a NaN stays NaN
-    const acc_t lz = std::log(z);
-    const acc_t zp = std::pow(z, p);  // pow rounds better than exp(p * lz)
+    const acc_t lz = fast_log(z);       // one log per cell, shared by z^p and S'
+    const acc_t zp = power_of(z, lz, p);
     s[j] += zp;
     ds[j] += zp * lz;
   }
@@ -946,12 +1015,17 @@ void power_mean_forward_impl(const Tensor& x, const Geometry& g, bool cl, double
         }
       });
       const int64_t out = r * L;
+      // inv per output: one value for a channels_last line, a step of 1 along an NCHW row (no select in
+      // the loop, which then vectorises).
+      const acc_t* scale = inv.data() + line.oh * OW + (cl ? line.ow : 0);
+      const int64_t scale_step = cl ? 0 : 1;
       for (int64_t j = 0; j < L; ++j) {
-        const acc_t scale = inv[line.oh * OW + (cl ? line.ow : j)];
-        const acc_t mean = s[j] * scale;
-        sp[out + j] = mean;
-        dp[out + j] = ds[j] * scale;
-        yp[out + j] = static_cast<scalar_t>(std::pow(mean, acc_t(1) / p));
+        s[j] *= scale[j * scale_step];
+        sp[out + j] = s[j];
+        dp[out + j] = ds[j] * scale[j * scale_step];
+      }
+      for (int64_t j = 0; j < L; ++j) {  // a loop of its own: the roots vectorise
+        yp[out + j] = static_cast<scalar_t>(power_of(s[j], fast_log(s[j]), acc_t(1) / p));
       }
     }
   });
@@ -963,7 +1037,7 @@ std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const
                                                       at::IntArrayRef out_size) {
   TORCH_CHECK(p.numel() == 1, "poolkit power_mean_forward: p must hold one value, got ", p.numel());
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
   const Tensor x = input.contiguous(fmt);
   const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -974,7 +1048,7 @@ std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_forward", [&] {
     power_mean_forward_impl<scalar_t>(x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, y, s, ds);
   });
-  return {y, s, ds};
+  return {in_layout_of(y, input), in_layout_of(s, input), in_layout_of(ds, input)};
 }
 
 // dx_i = z_i^(p-1) [x_i >= eps] * sum over windows w containing i of gy_w S_w^(1/p - 1) / n_w
@@ -982,7 +1056,8 @@ std::tuple<Tensor, Tensor, Tensor> power_mean_forward(const Tensor& input, const
 // from the rounded output).
 template <typename scalar_t>
 void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x,
-                              const Geometry& g, bool cl, double p_value, double eps_value, Tensor& gx) {
+                              const Geometry& g, bool cl, double p_value, double eps_value, Tensor& gx,
+                              Tensor& share) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = gx.size(0), C = gx.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
   const acc_t p = static_cast<acc_t>(p_value), eps = static_cast<acc_t>(eps_value);
@@ -992,6 +1067,24 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   scalar_t* out = gx.mutable_data_ptr<scalar_t>();
   const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  // Per window, once (not once per cell): a_w = gy_w S_w^(1/p - 1) / n_w.
+  acc_t* ap = share.mutable_data_ptr<acc_t>();
+  const int64_t O = OH * OW;
+  auto shares = [&](int64_t at, int64_t n, int64_t inv_at, int64_t inv_step) {
+    for (int64_t j = 0; j < n; ++j) {
+      const acc_t mean = sp[at + j];
+      ap[at + j] = static_cast<acc_t>(gyp[at + j]) * inv[inv_at + j * inv_step] * power_of(mean, fast_log(mean), q);
+    }
+  };
+  at::parallel_for(0, cl ? N * O : N * C, grain(cl ? C * 4 : O * 4), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      if (cl) {
+        shares(r * C, C, r % O, 0);  // one window, C channels
+      } else {
+        shares(r * O, O, 0, 1);  // one plane's windows
+      }
+    }
+  });
   const int64_t L = cl ? C : W;
   at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 16), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> total(L);
@@ -1001,27 +1094,19 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
       if (!cl) {
         const int64_t plane = r / H, ih = r % H;
         for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t oh = g.h.outs[e];
-          const int64_t row = (plane * OH + oh) * OW;
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
           for (int64_t tw = 0; tw < g.kw(); ++tw) {
             const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
             acc_t* dst = t + g.w.input(lo, tw);
-            for (int64_t o = lo; o < hi; ++o) {
-              dst[(o - lo) * sw] += static_cast<acc_t>(gyp[row + o]) * inv[oh * OW + o] * std::pow(sp[row + o], q);
-            }
+            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
           }
         }
       } else {
         const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
         for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t oh = g.h.outs[e];
           for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-            const int64_t o = oh * OW + g.w.outs[f];
-            const acc_t scale = inv[o];
-            const int64_t at_o = (n * OH * OW + o) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              t[c] += static_cast<acc_t>(gyp[at_o + c]) * scale * std::pow(sp[at_o + c], q);
-            }
+            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
           }
         }
       }
@@ -1030,7 +1115,8 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
       for (int64_t j = 0; j < L; ++j) {
         const acc_t v = static_cast<acc_t>(xr[j]);
         const acc_t z = v < eps ? eps : v;
-        const acc_t factor = v >= eps ? std::exp((p - acc_t(1)) * std::log(z)) : acc_t(0);
+        const acc_t power = power_of(z, fast_log(z), p - acc_t(1));  // computed for every cell, then selected:
+        const acc_t factor = v >= eps ? power : acc_t(0);                // a conditional call would not vectorise
         dst[j] = static_cast<scalar_t>(t[j] * factor);
       }
     }
@@ -1040,16 +1126,59 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
 Tensor power_mean_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, const Tensor& p,
                            double eps, at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                            at::IntArrayRef dilation, bool channels_last) {
-  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, s.size(3));
   const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor share = at::empty_like(ss);
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {s.size(2), s.size(3)});
   const double p_value = p.item<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_mean_backward", [&] {
-    power_mean_backward_impl<scalar_t>(gy, ss, x, g, fmt == at::MemoryFormat::ChannelsLast, p_value, eps, gx);
+    const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+    power_mean_backward_impl<scalar_t>(gy, ss, x, g, cl, p_value, eps, gx, share);
   });
-  return gx;
+  return gx.contiguous(layout_flag(channels_last));
+}
+
+// GeM's dL/dp = sum over outputs of gy y (S' / (p S) - ln S / p^2), y = S^(1/p): one pass over the
+// output-sized gy, S and S' (float arithmetic vectorised, summed in double per chunk).
+Tensor power_mean_grad_p(const Tensor& grad_y, const Tensor& s, const Tensor& ds, const Tensor& p) {
+  const at::MemoryFormat fmt = s.suggest_memory_format();
+  const Tensor ss = s.contiguous(fmt), dd = ds.contiguous(fmt);
+  const Tensor gy = grad_y.to(s.scalar_type()).contiguous(fmt);
+  const double p_value = p.item<double>();
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES(ss.scalar_type(), "poolkit_power_mean_grad_p", [&] {
+    using acc_t = scalar_t;
+    const acc_t* sp = ss.const_data_ptr<acc_t>();
+    const acc_t* dp = dd.const_data_ptr<acc_t>();
+    const acc_t* gp = gy.const_data_ptr<acc_t>();
+    const acc_t q = static_cast<acc_t>(p_value), inv_p = acc_t(1) / q, inv_p2 = inv_p * inv_p;
+    total = at::parallel_reduce(
+        0, ss.numel(), grain(16), 0.0,
+        [&](int64_t begin, int64_t end, double sum) {
+          constexpr int64_t block = 256;
+          acc_t terms[block];
+          for (int64_t at = begin; at < end; at += block) {
+            const int64_t n = std::min(block, end - at);
+            for (int64_t j = 0; j < n; ++j) {
+              const acc_t mean = sp[at + j], lm = fast_log(mean);
+              const acc_t y = power_of(mean, lm, inv_p);
+              terms[j] = gp[at + j] * y * (dp[at + j] * inv_p / mean - lm * inv_p2);
+            }
+            double part[4] = {0, 0, 0, 0};  // four chains of double adds instead of one serial chain
+            int64_t j = 0;
+            for (; j + 4 <= n; j += 4) {
+              for (int64_t k = 0; k < 4; ++k) part[k] += static_cast<double>(terms[j + k]);
+            }
+            for (; j < n; ++j) part[0] += static_cast<double>(terms[j]);
+            sum += (part[0] + part[1]) + (part[2] + part[3]);
+          }
+          return sum;
+        },
+        std::plus<double>());
+  });
+  return at::scalar_tensor(total, s.options().memory_format(at::MemoryFormat::Contiguous));
 }
 
 // ------------------------------------------------------------------------------------- weighted mean
@@ -1117,7 +1246,7 @@ std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tens
                   weight.size(3) == input.size(3) && (weight.size(1) == input.size(1) || weight.size(1) == 1),
               "poolkit weighted_mean_forward: the weight must be (N, C, H, W) or (N, 1, H, W) like the input");
   const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
-  const at::MemoryFormat fmt = layout_of(input);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
   const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
   const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
   const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -1126,17 +1255,18 @@ std::tuple<Tensor, Tensor> weighted_mean_forward(const Tensor& input, const Tens
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_forward", [&] {
     weighted_mean_forward_impl<scalar_t>(x, w, g, fmt == at::MemoryFormat::ChannelsLast, eps, y, d);
   });
-  return {y, d};
+  return {in_layout_of(y, input), in_layout_of(d, input)};
 }
 
-// With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w (dw at the input's
-// full shape; the caller sums it over channels for a shared weight).
+// With a_w = gy_w / D_w: dx_i = w_i sum_w a_w and dw_i = x_i sum_w a_w - sum_w a_w y_w. A weight of x's shape
+// gets dw at x's shape; a shared weight (N, 1, H, W) gets dw summed over the channels here, in the same pass
+// (no input-sized dw written and summed afterwards).
 template <typename scalar_t>
 void weighted_mean_backward_impl(const Tensor& gy, const Tensor& y, const Tensor& d, const Tensor& x,
                                  const Tensor& w, const Geometry& g, bool cl, Tensor& gx, Tensor& gw) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
-  const int64_t Cw = w.size(1), wc = Cw == C ? 1 : 0;
+  const bool shared = w.size(1) != C;
   const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
   const scalar_t* yp = y.const_data_ptr<scalar_t>();
   const acc_t* dp = d.const_data_ptr<acc_t>();
@@ -1144,50 +1274,85 @@ void weighted_mean_backward_impl(const Tensor& gy, const Tensor& y, const Tensor
   const scalar_t* wp = w.const_data_ptr<scalar_t>();
   scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
   scalar_t* gwp = gw.mutable_data_ptr<scalar_t>();
+  // The sums a and b over the windows that contain each cell of one NCHW input row (plane, ih).
+  auto row_sums = [&](int64_t plane, int64_t ih, acc_t* __restrict a, acc_t* __restrict b) {
+    for (int64_t j = 0; j < W; ++j) a[j] = b[j] = 0;
+    for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+      const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+      for (int64_t tw = 0; tw < g.kw(); ++tw) {
+        const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
+        for (int64_t o = lo; o < hi; ++o) {
+          const acc_t share = static_cast<acc_t>(gyp[row + o]) / dp[row + o];
+          a[first + (o - lo) * sw] += share;
+          b[first + (o - lo) * sw] += share * static_cast<acc_t>(yp[row + o]);
+        }
+      }
+    }
+  };
+  if (!cl && shared) {
+    // One (n, ih) row of every channel per step, so that the channel sum of dw stays in this thread.
+    at::parallel_for(0, N * H, grain(C * W * 8), [&](int64_t begin, int64_t end) {
+      std::vector<acc_t> sum_a(W), sum_b(W), dw(W);
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / H, ih = r % H;
+        const scalar_t* wr = wp + r * W;  // (n, 0, ih, :)
+        std::fill(dw.begin(), dw.end(), acc_t(0));
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t plane = n * C + c, at = (plane * H + ih) * W;
+          row_sums(plane, ih, sum_a.data(), sum_b.data());
+          for (int64_t j = 0; j < W; ++j) {
+            gxp[at + j] = static_cast<scalar_t>(sum_a[j] * static_cast<acc_t>(wr[j]));
+            dw[j] += sum_a[j] * static_cast<acc_t>(xp[at + j]) - sum_b[j];
+          }
+        }
+        for (int64_t j = 0; j < W; ++j) gwp[r * W + j] = static_cast<scalar_t>(dw[j]);
+      }
+    });
+    return;
+  }
   const int64_t L = cl ? C : W;
   at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
     std::vector<acc_t> sum_a(L), sum_b(L);
     for (int64_t r = begin; r < end; ++r) {
       acc_t* __restrict a = sum_a.data();
       acc_t* __restrict b = sum_b.data();
-      for (int64_t j = 0; j < L; ++j) a[j] = b[j] = 0;
-      const scalar_t* wr;  // this row's (NCHW) or position's (channels_last) weights, step wstep
-      int64_t wstep;
-      if (!cl) {
-        const int64_t plane = r / H, ih = r % H;
-        wr = wp + (((plane / C) * Cw + (plane % C) * wc) * H + ih) * W;
-        wstep = 1;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
-          for (int64_t tw = 0; tw < g.kw(); ++tw) {
-            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
-            for (int64_t o = lo; o < hi; ++o) {
-              const acc_t share = static_cast<acc_t>(gyp[row + o]) / dp[row + o];
-              a[first + (o - lo) * sw] += share;
-              b[first + (o - lo) * sw] += share * static_cast<acc_t>(yp[row + o]);
-            }
-          }
+      const scalar_t* xr = xp + r * L;
+      if (!cl) {  // a weight of x's shape
+        row_sums(r / H, r % H, a, b);
+        const scalar_t* wr = wp + r * W;
+        for (int64_t j = 0; j < L; ++j) {
+          gxp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(wr[j]));
+          gwp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(xr[j]) - b[j]);
         }
-      } else {
-        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
-        wr = wp + r * Cw;
-        wstep = wc;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-            const int64_t at_o = (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const acc_t share = static_cast<acc_t>(gyp[at_o + c]) / dp[at_o + c];
-              a[c] += share;
-              b[c] += share * static_cast<acc_t>(yp[at_o + c]);
-            }
+        continue;
+      }
+      for (int64_t j = 0; j < L; ++j) a[j] = b[j] = 0;
+      const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+      for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+        for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+          const int64_t at_o = (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+          for (int64_t c = 0; c < C; ++c) {
+            const acc_t share = static_cast<acc_t>(gyp[at_o + c]) / dp[at_o + c];
+            a[c] += share;
+            b[c] += share * static_cast<acc_t>(yp[at_o + c]);
           }
         }
       }
-      const scalar_t* xr = xp + r * L;
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t wv = static_cast<acc_t>(wr[j * wstep]);
-        gxp[r * L + j] = static_cast<scalar_t>(a[j] * wv);
-        gwp[r * L + j] = static_cast<scalar_t>(a[j] * static_cast<acc_t>(xr[j]) - b[j]);
+      if (shared) {  // one weight per position: dw summed over the channels
+        const acc_t wv = static_cast<acc_t>(wp[r]);
+        acc_t dw = 0;
+#pragma omp simd reduction(+ : dw)
+        for (int64_t c = 0; c < C; ++c) {
+          gxp[r * C + c] = static_cast<scalar_t>(a[c] * wv);
+          dw += a[c] * static_cast<acc_t>(xr[c]) - b[c];
+        }
+        gwp[r] = static_cast<scalar_t>(dw);
+      } else {
+        const scalar_t* wr = wp + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          gxp[r * C + c] = static_cast<scalar_t>(a[c] * static_cast<acc_t>(wr[c]));
+          gwp[r * C + c] = static_cast<scalar_t>(a[c] * static_cast<acc_t>(xr[c]) - b[c]);
+        }
       }
     }
   });
@@ -1198,16 +1363,354 @@ std::tuple<Tensor, Tensor> weighted_mean_backward(const Tensor& grad_y, const Te
                                                   at::IntArrayRef kernel, at::IntArrayRef stride,
                                                   at::IntArrayRef padding, at::IntArrayRef dilation,
                                                   bool channels_last) {
-  const at::MemoryFormat fmt = layout_flag(channels_last);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, y.size(3));
   const Tensor x = input.contiguous(fmt), w = weight.to(input.scalar_type()).contiguous(fmt);
   const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
   Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
-  Tensor gw = at::empty(x.sizes(), x.options().memory_format(fmt));
+  // dw: x's shape and layout, or (N, 1, H, W) for a shared weight (one channel: one memory order).
+  Tensor gw = w.size(1) == x.size(1) ? at::empty(x.sizes(), x.options().memory_format(fmt))
+                                     : at::empty({x.size(0), 1, x.size(2), x.size(3)}, x.options());
   const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {y.size(2), y.size(3)});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_weighted_mean_backward", [&] {
     weighted_mean_backward_impl<scalar_t>(gy, yy, dd, x, w, g, fmt == at::MemoryFormat::ChannelsLast, gx, gw);
   });
-  return {gx, gw};
+  return {gx.contiguous(layout_flag(channels_last)), gw.contiguous(layout_flag(channels_last))};
+}
+
+// ---------------------------------------------------------------------------------- self-weighted mean
+
+// The weighted mean y = sum_R w x / D, D = sum_R w, with weights computed from x itself:
+// kSoftmax (SoftPool): w_i = exp(x_i - M), M the window maximum, so that no exp overflows (M cancels in y);
+// kRelu (stochastic pooling in evaluation): w_i = relu(x_i), and y = the plain mean of the real cells where
+// D = 0. Outputs y, D (arithmetic type) and M (both modes; a NaN wins it).
+// Backward, with a_w = gy_w / D_w: kSoftmax: dx_i = sum_w a_w exp(x_i - M_w) (1 + x_i - y_w);
+// kRelu: dx_i = sum_w (D_w > 0 ? a_w [x_i > 0] (2 x_i - y_w) : gy_w / n_w).
+constexpr int64_t kSoftmax = 0, kRelu = 1;
+
+template <bool Unit, typename acc_t, typename scalar_t>
+inline void window_max_step(const scalar_t* src, int64_t step, int64_t n, acc_t* __restrict best) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    best[j] = (v > best[j] || v != v) ? v : best[j];
+  }
+}
+
+template <int64_t Mode, bool Unit, typename acc_t, typename scalar_t>
+inline void self_weighted_step(const scalar_t* src, int64_t step, int64_t n, const acc_t* __restrict best,
+                               acc_t* __restrict num, acc_t* __restrict den, acc_t* __restrict sum) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    if constexpr (Mode == kSoftmax) {
+      const acc_t e = fast_exp(v - best[j]);
+      num[j] += e * v;
+      den[j] += e;
+    } else {
+      const acc_t r = v > acc_t(0) ? v : acc_t(0);
+      num[j] += r * v;
+      den[j] += r;
+      sum[j] += v;
+    }
+  }
+}
+
+template <int64_t Mode, typename scalar_t>
+void self_weighted_forward_impl(const Tensor& x, const Geometry& g, bool cl, Tensor& y, Tensor& d, Tensor& m) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  scalar_t* mp = m.mutable_data_ptr<scalar_t>();
+  acc_t* dp = d.mutable_data_ptr<acc_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * 4), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> best(L), num(L), den(L), sum(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
+      std::fill(num.begin(), num.end(), acc_t(0));
+      std::fill(den.begin(), den.end(), acc_t(0));
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          window_max_step<true>(xp + offset, 1, n, best.data() + lo);
+        } else {
+          window_max_step<false>(xp + offset, step, n, best.data() + lo);
+        }
+      });
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        acc_t *b = best.data() + lo, *nu = num.data() + lo, *de = den.data() + lo, *su = sum.data() + lo;
+        if (step == 1) {
+          self_weighted_step<Mode, true>(xp + offset, 1, n, b, nu, de, su);
+        } else {
+          self_weighted_step<Mode, false>(xp + offset, step, n, b, nu, de, su);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        dp[out + j] = den[j];
+        mp[out + j] = static_cast<scalar_t>(best[j]);
+        if constexpr (Mode == kSoftmax) {
+          yp[out + j] = static_cast<scalar_t>(num[j] / den[j]);
+        } else {
+          const acc_t mean = sum[j] * inv[line.oh * OW + (cl ? line.ow : j)];
+          yp[out + j] = static_cast<scalar_t>(den[j] > acc_t(0) ? num[j] / den[j] : mean);
+        }
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor, Tensor> self_weighted_forward(const Tensor& input, int64_t mode, at::IntArrayRef kernel,
+                                                         at::IntArrayRef stride, at::IntArrayRef padding,
+                                                         at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(mode == kSoftmax || mode == kRelu, "poolkit self_weighted_forward: unknown weight mode ", mode);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor d = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  Tensor m = at::empty(shape, x.options().memory_format(fmt));
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_self_weighted_forward", [&] {
+    if (mode == kSoftmax) {
+      self_weighted_forward_impl<kSoftmax, scalar_t>(x, g, cl, y, d, m);
+    } else {
+      self_weighted_forward_impl<kRelu, scalar_t>(x, g, cl, y, d, m);
+    }
+  });
+  return {in_layout_of(y, input), in_layout_of(d, input), in_layout_of(m, input)};
+}
+
+// One window's contribution to dx_i (see above); inv = 1 / n_w.
+template <int64_t Mode, typename acc_t>
+inline acc_t self_weighted_grad(acc_t xv, acc_t gy, acc_t den, acc_t yw, acc_t mw, acc_t inv) {
+  if constexpr (Mode == kSoftmax) {
+    return gy / den * fast_exp(xv - mw) * (acc_t(1) + xv - yw);
+  } else {
+    const acc_t with_mass = xv > acc_t(0) ? gy / den * (xv + xv - yw) : acc_t(0);
+    return den > acc_t(0) ? with_mass : gy * inv;
+  }
+}
+
+template <int64_t Mode, typename scalar_t>
+void self_weighted_backward_impl(const Tensor& gy, const Tensor& y, const Tensor& d, const Tensor& m,
+                                 const Tensor& x, const Geometry& g, bool cl, Tensor& gx) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const scalar_t* yp = y.const_data_ptr<scalar_t>();
+  const scalar_t* mp = m.const_data_ptr<scalar_t>();
+  const acc_t* dp = d.const_data_ptr<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* gxp = gx.mutable_data_ptr<scalar_t>();
+  const std::vector<acc_t> inv = inverse_counts<acc_t>(g);
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L), values(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      acc_t* __restrict xv = values.data();
+      const scalar_t* xr = xp + r * L;
+      for (int64_t j = 0; j < L; ++j) t[j] = 0, xv[j] = static_cast<acc_t>(xr[j]);
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t oh = g.h.outs[e];
+          const int64_t row = (plane * OH + oh) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride, first = g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) {
+              const int64_t i = first + (o - lo) * sw, at_o = row + o;
+              t[i] += self_weighted_grad<Mode>(xv[i], static_cast<acc_t>(gyp[at_o]), dp[at_o],
+                                               static_cast<acc_t>(yp[at_o]), static_cast<acc_t>(mp[at_o]),
+                                               inv[oh * OW + o]);
+            }
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const int64_t o = g.h.outs[e] * OW + g.w.outs[f];
+            const int64_t at_o = (n * OH * OW + o) * C;
+            const acc_t scale = inv[o];
+            for (int64_t c = 0; c < C; ++c) {
+              t[c] += self_weighted_grad<Mode>(xv[c], static_cast<acc_t>(gyp[at_o + c]), dp[at_o + c],
+                                               static_cast<acc_t>(yp[at_o + c]), static_cast<acc_t>(mp[at_o + c]),
+                                               scale);
+            }
+          }
+        }
+      }
+      scalar_t* dst = gxp + r * L;
+      for (int64_t j = 0; j < L; ++j) dst[j] = static_cast<scalar_t>(t[j]);
+    }
+  });
+}
+
+Tensor self_weighted_backward(const Tensor& grad_y, const Tensor& y, const Tensor& d, const Tensor& m,
+                              const Tensor& input, int64_t mode, at::IntArrayRef kernel, at::IntArrayRef stride,
+                              at::IntArrayRef padding, at::IntArrayRef dilation, bool channels_last) {
+  TORCH_CHECK(mode == kSoftmax || mode == kRelu, "poolkit self_weighted_backward: unknown weight mode ", mode);
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, y.size(3));
+  const Tensor x = input.contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt), yy = y.contiguous(fmt), dd = d.contiguous(fmt);
+  const Tensor mm = m.contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {y.size(2), y.size(3)});
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_self_weighted_backward", [&] {
+    if (mode == kSoftmax) {
+      self_weighted_backward_impl<kSoftmax, scalar_t>(gy, yy, dd, mm, x, g, cl, gx);
+    } else {
+      self_weighted_backward_impl<kRelu, scalar_t>(gy, yy, dd, mm, x, g, cl, gx);
+    }
+  });
+  return gx.contiguous(layout_flag(channels_last));
+}
+
+// ------------------------------------------------------------------------------------------ power sum
+
+// LP pooling as nn.LPPool2d: S = sum_R x^p (torch.pow's real powers: a negative x with an integer p keeps
+// its sign, a non-integer p gives NaN), y = S^(1/p), and y = 0 with gradient 0 where S = 0.
+// Backward: dx_i = x_i^(p-1) sum_w [S_w != 0] gy_w S_w^(1/p - 1). p = 2 (the default) takes x * x and sqrt.
+template <bool Square, bool Unit, typename acc_t, typename scalar_t>
+inline void power_sum_step(const scalar_t* src, int64_t step, int64_t n, acc_t p, acc_t* __restrict s) {
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = static_cast<acc_t>(src[Unit ? j : j * step]);
+    s[j] += Square ? v * v : std::pow(v, p);
+  }
+}
+
+template <bool Square, typename scalar_t>
+void power_sum_forward_impl(const Tensor& x, const Geometry& g, bool cl, double p_value, Tensor& y, Tensor& s_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : OW, lines = cl ? N * OH * OW : N * C * OH;
+  const acc_t p = static_cast<acc_t>(p_value), root = acc_t(1) / p;
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
+  acc_t* sp = s_out.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, lines, grain(L * g.h.kernel * g.kw() * (Square ? 1 : 8)), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> s(L);
+    for (int64_t r = begin; r < end; ++r) {
+      const Line line = line_of(cl, r, g);
+      std::fill(s.begin(), s.end(), acc_t(0));
+      for_each_tap(g, line, C, [&](int32_t, int64_t offset, int64_t step, int64_t lo, int64_t n) {
+        if (step == 1) {
+          power_sum_step<Square, true>(xp + offset, 1, n, p, s.data() + lo);
+        } else {
+          power_sum_step<Square, false>(xp + offset, step, n, p, s.data() + lo);
+        }
+      });
+      const int64_t out = r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t total = s[j];
+        sp[out + j] = total;
+        const acc_t root_of = Square ? std::sqrt(total) : std::pow(total, root);
+        yp[out + j] = static_cast<scalar_t>(total == acc_t(0) ? acc_t(0) : root_of);
+      }
+    }
+  });
+}
+
+std::tuple<Tensor, Tensor> power_sum_forward(const Tensor& input, double p, at::IntArrayRef kernel,
+                                             at::IntArrayRef stride, at::IntArrayRef padding,
+                                             at::IntArrayRef dilation, at::IntArrayRef out_size) {
+  TORCH_CHECK(p > 0, "poolkit power_sum_forward: p must be positive, got ", p);
+  const Geometry g = make_geometry(input, kernel, stride, padding, dilation, out_size);
+  const at::MemoryFormat fmt = compute_layout(input, out_size[1]);
+  const Tensor x = input.contiguous(fmt);
+  const auto shape = std::vector<int64_t>{x.size(0), x.size(1), g.h.out, g.w.out};
+  const at::ScalarType acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  Tensor y = at::empty(shape, x.options().memory_format(fmt));
+  Tensor s = at::empty(shape, x.options().dtype(acc).memory_format(fmt));
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_sum_forward", [&] {
+    if (p == 2.0) {
+      power_sum_forward_impl<true, scalar_t>(x, g, cl, p, y, s);
+    } else {
+      power_sum_forward_impl<false, scalar_t>(x, g, cl, p, y, s);
+    }
+  });
+  return {in_layout_of(y, input), in_layout_of(s, input)};
+}
+
+template <bool Square, typename scalar_t>
+void power_sum_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x, const Geometry& g, bool cl,
+                             double p_value, Tensor& gx, Tensor& share) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t N = x.size(0), C = x.size(1), H = g.h.size, W = g.w.size, OH = g.h.out, OW = g.w.out;
+  const acc_t p = static_cast<acc_t>(p_value), q = acc_t(1) / p - acc_t(1);
+  const scalar_t* gyp = gy.const_data_ptr<scalar_t>();
+  const acc_t* sp = s.const_data_ptr<acc_t>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
+  scalar_t* out = gx.mutable_data_ptr<scalar_t>();
+  // Per window, once: [S != 0] gy S^(1/p - 1).
+  acc_t* ap = share.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, s.numel(), grain(Square ? 4 : 16), [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      const acc_t total = sp[o];
+      const acc_t scale = Square ? acc_t(1) / std::sqrt(total) : std::pow(total, q);
+      ap[o] = total == acc_t(0) ? acc_t(0) : static_cast<acc_t>(gyp[o]) * scale;
+    }
+  });
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
+          }
+        }
+      }
+      const scalar_t* xr = xp + r * L;
+      scalar_t* dst = out + r * L;
+      for (int64_t j = 0; j < L; ++j) {
+        const acc_t v = static_cast<acc_t>(xr[j]);
+        dst[j] = static_cast<scalar_t>(t[j] * (Square ? v : std::pow(v, p - acc_t(1))));
+      }
+    }
+  });
+}
+
+Tensor power_sum_backward(const Tensor& grad_y, const Tensor& s, const Tensor& input, double p,
+                          at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
+                          at::IntArrayRef dilation, bool channels_last) {
+  const at::MemoryFormat fmt = backward_layout(channels_last, input, s.size(3));
+  const Tensor x = input.contiguous(fmt), ss = s.contiguous(fmt);
+  const Tensor gy = grad_y.to(x.scalar_type()).contiguous(fmt);
+  Tensor gx = at::empty(x.sizes(), x.options().memory_format(fmt));
+  Tensor share = at::empty_like(ss);
+  const Geometry g = make_geometry(x, kernel, stride, padding, dilation, {s.size(2), s.size(3)});
+  const bool cl = fmt == at::MemoryFormat::ChannelsLast;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "poolkit_power_sum_backward", [&] {
+    if (p == 2.0) {
+      power_sum_backward_impl<true, scalar_t>(gy, ss, x, g, cl, p, gx, share);
+    } else {
+      power_sum_backward_impl<false, scalar_t>(gy, ss, x, g, cl, p, gx, share);
+    }
+  });
+  return gx.contiguous(layout_flag(channels_last));
 }
 
 }  // namespace
@@ -1223,6 +1726,7 @@ TORCH_LIBRARY(poolkit_cpu, m) {
         " int[] dilation, int[] out_size) -> (Tensor, Tensor, Tensor)");
   m.def("power_mean_backward(Tensor grad_y, Tensor s, Tensor x, Tensor p, float eps, int[] kernel,"
         " int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("power_mean_grad_p(Tensor grad_y, Tensor s, Tensor ds, Tensor p) -> Tensor");
   m.def("weighted_mean_forward(Tensor x, Tensor w, float eps, int[] kernel, int[] stride, int[] padding,"
         " int[] dilation, int[] out_size) -> (Tensor, Tensor)");
   m.def("weighted_mean_backward(Tensor grad_y, Tensor y, Tensor d, Tensor x, Tensor w, int[] kernel,"
@@ -1237,6 +1741,14 @@ TORCH_LIBRARY(poolkit_cpu, m) {
   m.def("max_topk_blend_backward(Tensor grad_y, Tensor x, Tensor idx, Tensor kth, Tensor tie, Tensor lam, Tensor cp,"
         " int gate, int[] p_size, bool p_grad, int k, int[] kernel, int[] stride, int[] padding, int[] dilation,"
         " bool channels_last) -> (Tensor, Tensor)");
+  m.def("self_weighted_forward(Tensor x, int mode, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " int[] out_size) -> (Tensor, Tensor, Tensor)");
+  m.def("self_weighted_backward(Tensor grad_y, Tensor y, Tensor d, Tensor m, Tensor x, int mode, int[] kernel,"
+        " int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
+  m.def("power_sum_forward(Tensor x, float p, int[] kernel, int[] stride, int[] padding, int[] dilation,"
+        " int[] out_size) -> (Tensor, Tensor)");
+  m.def("power_sum_backward(Tensor grad_y, Tensor s, Tensor x, float p, int[] kernel, int[] stride,"
+        " int[] padding, int[] dilation, bool channels_last) -> Tensor");
   m.def("max_topk_backward(Tensor grad_m, Tensor grad_t, Tensor x, Tensor idx, Tensor kth, Tensor tie, int k,"
         " int[] kernel, int[] stride, int[] padding, int[] dilation, bool channels_last) -> Tensor");
 }
@@ -1252,6 +1764,11 @@ TORCH_LIBRARY_IMPL(poolkit_cpu, CPU, m) {
   m.impl("max_topk_blend_backward", &max_topk_blend_backward);
   m.impl("power_mean_forward", &power_mean_forward);
   m.impl("power_mean_backward", &power_mean_backward);
+  m.impl("power_mean_grad_p", &power_mean_grad_p);
   m.impl("weighted_mean_forward", &weighted_mean_forward);
   m.impl("weighted_mean_backward", &weighted_mean_backward);
+  m.impl("self_weighted_forward", &self_weighted_forward);
+  m.impl("self_weighted_backward", &self_weighted_backward);
+  m.impl("power_sum_forward", &power_sum_forward);
+  m.impl("power_sum_backward", &power_sum_backward);
 }

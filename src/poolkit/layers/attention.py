@@ -27,7 +27,11 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
-from poolkit.layers.fused import window_weighted_mean_fused
+from poolkit.layers.fused import (
+    kernel_path,
+    window_self_weighted_mean_compiled,
+    window_weighted_mean_fused,
+)
 from poolkit.layers.windows import (
     Geometry,
     min_window_count,
@@ -101,6 +105,8 @@ def attention_pool2d(
 
 
 def _soft(x: Tensor, g: Geometry) -> Tensor:
+    if kernel_path(x, g) == "compiled":  # one pass; the weights exp(x - window max) computed in the kernel
+        return window_self_weighted_mean_compiled(x, g, "softmax")
     windows = unfold_windows(x, g, 0.0)
     logits = windows
     if min_window_count(g, *x.shape[2:]) < g.area:

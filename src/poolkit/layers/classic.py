@@ -21,6 +21,7 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
+from poolkit.layers.fused import kernel_path, window_power_sum_compiled
 from poolkit.layers.windows import Geometry, PoolGeometry, _average, window_max, window_mean, window_sum
 from poolkit.registry import register_pool
 
@@ -119,6 +120,8 @@ def avg_pool2d(
 
 
 def _lp(x: Tensor, g: Geometry, norm_type: float) -> Tensor:
+    if kernel_path(x, g) == "compiled":  # one pass, the same rules (the operator's docstring)
+        return window_power_sum_compiled(x, g, norm_type)
     total = window_sum(x.pow(norm_type), g)
     # The root's derivative is infinite at a zero sum; as nn.LPPool2d, an all-zero window gets gradient 0
     # (a where() on both sides, so that no inf * 0 reaches the backward pass).

@@ -16,8 +16,11 @@ and scatter into it. Three paths compute the same values and gradients:
   "first" follows ``max_pool2d``'s row-major tie rule (it saves the input and M);
 * ``"native"``: ``(window_max, window_mean)``, i.e. ``F.max_pool2d`` and ``F.avg_pool2d``: the reference.
 
-GeM's power mean (:func:`window_power_mean`) and the weighted mean of attention and LIP
-(:func:`window_weighted_mean_fused`) have a compiled kernel and the reference only (no eager fused path).
+GeM's power mean (:func:`window_power_mean`), the weighted mean of attention and LIP
+(:func:`window_weighted_mean_fused`), SoftPool's and stochastic pooling's self-weighted mean
+(:func:`window_self_weighted_mean_compiled`) and LP's power sum (:func:`window_power_sum_compiled`) have a
+compiled kernel and the reference only (no eager fused path); the last two are called by their layers when
+:func:`kernel_path` says ``"compiled"``, the layers' own code being the reference otherwise.
 
 Choice (:func:`set_fused_kernels` or the ``POOLKIT_FUSED`` environment variable): ``auto`` (the default)
 takes the compiled kernels on CPU (the eager fused path when they cannot be built, with one warning) and the
@@ -44,6 +47,8 @@ from poolkit.kernels.ops import (
     window_max_mean_op,
     window_max_topk_mean_op,
     window_power_mean_op,
+    window_power_sum_op,
+    window_self_weighted_mean_op,
     window_weighted_mean_op,
 )
 from poolkit.layers.windows import (
@@ -66,6 +71,8 @@ __all__ = [
     "window_max_mean",
     "window_max_topk_mean",
     "window_power_mean",
+    "window_power_sum_compiled",
+    "window_self_weighted_mean_compiled",
     "window_topk_mean_fused",
     "window_weighted_mean_fused",
 ]
@@ -221,8 +228,8 @@ def window_power_mean(x: Tensor, geometry: PoolGeometry, p: Tensor | float, eps:
 
     Example:
         >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
-        >>> round(window_power_mean(x, PoolGeometry.create(2), 3.0, 1e-6).item(), 6)
-        0.183586
+        >>> round(window_power_mean(x, PoolGeometry.create(2), 3.0, 1e-6).item(), 5)   # 0.1835855
+        0.18359
     """
     if (not isinstance(p, Tensor) or p.numel() == 1) and kernel_path(x, geometry) == "compiled":
         exponent = p if isinstance(p, Tensor) else x.new_tensor(float(p), dtype=torch.float64)
@@ -261,6 +268,53 @@ def window_weighted_mean_fused(x: Tensor, weight: Tensor, geometry: PoolGeometry
         y, _ = window_weighted_mean_op(x, weight, float(eps), *geometry_args(geometry, x))
         return y
     return window_weighted_mean(x, weight, geometry, eps)
+
+
+def window_self_weighted_mean_compiled(
+    x: Tensor, geometry: PoolGeometry, weights: Literal["softmax", "relu"]
+) -> Tensor:
+    """``sum_R w x / sum_R w`` with ``w = exp(x - max_R x)`` (SoftPool) or ``relu(x)`` (stochastic pooling).
+
+    The compiled operator ``poolkit::window_self_weighted_mean``: the weights are computed inside the kernel,
+    one pass forward and one backward. ``"relu"`` gives the plain mean of a window whose relu mass is 0.
+    Callers check ``kernel_path(x, geometry) == "compiled"`` first; their own code is the reference.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H_out, W_out) in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[0.1, 0.2], [0.05, 0.25]]]])
+        >>> g = PoolGeometry.create(2)
+        >>> y = window_self_weighted_mean_compiled(x, g, "relu") if kernel_path(x, g) == "compiled" else None
+        >>> y is None or round(y.item(), 6) == 0.191667   # (0.01 + 0.04 + 0.0025 + 0.0625) / 0.6
+        True
+    """
+    if kernel_path(x, geometry) != "compiled":
+        raise RuntimeError(f"the compiled kernels do not serve this input ({kernel_path(x, geometry)} path)")
+    y, _, _ = window_self_weighted_mean_op(x, weights, *geometry_args(geometry, x))
+    return y
+
+
+def window_power_sum_compiled(x: Tensor, geometry: PoolGeometry, p: float) -> Tensor:
+    """LP pooling ``(sum_R x^p)^(1/p)`` as ``nn.LPPool2d`` (0 with gradient 0 where the sum is 0), compiled.
+
+    The operator ``poolkit::window_power_sum``. Callers check ``kernel_path(x, geometry) == "compiled"``
+    first; their own code is the reference.
+
+    Shape:
+        (N, C, H, W) -> (N, C, H_out, W_out) in the input's memory format.
+
+    Example:
+        >>> x = torch.tensor([[[[3.0, 0.0], [0.0, 4.0]]]])
+        >>> g = PoolGeometry.create(2)
+        >>> y = window_power_sum_compiled(x, g, 2.0) if kernel_path(x, g) == "compiled" else None
+        >>> y is None or y.item() == 5.0
+        True
+    """
+    if kernel_path(x, geometry) != "compiled":
+        raise RuntimeError(f"the compiled kernels do not serve this input ({kernel_path(x, geometry)} path)")
+    y, _ = window_power_sum_op(x, float(p), *geometry_args(geometry, x))
+    return y
 
 
 def window_topk_mean_fused(x: Tensor, geometry: PoolGeometry, k: int) -> Tensor:
