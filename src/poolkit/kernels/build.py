@@ -1,6 +1,8 @@
 """Build (once, cached) and load the C++ window kernels; report the build time; fall back with one warning.
 
-The CPU kernels live in one C++ file, ``window_stats.cpp``, next to this module. The first call of
+The CPU kernels live in two C++ files next to this module, built together as one extension:
+``window_stats.cpp`` (the window statistics) and ``beta_sampler.cpp`` (Stochastic Mix's Beta draws and their
+gradient). The first call of
 :func:`cpu_kernels_available` in a process compiles it with ``torch.utils.cpp_extension.load`` (ninja and the
 system C++ compiler, OpenMP on) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``), which rebuilds only when the source or the compiler flags change, and loads it
@@ -35,6 +37,8 @@ __all__ = ["KernelStatus", "cpu_kernels_available", "cuda_kernels_available", "k
 
 _LOG = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("window_stats.cpp")
+#: Every C++ source of the extension (one build, one cache entry).
+SOURCES = (SOURCE, Path(__file__).with_name("beta_sampler.cpp"))
 #: The name of the extension in torch's cache (a new source gets a new versioned build there).
 EXTENSION = "poolkit_window_stats"
 LDFLAGS = ("-fopenmp",)
@@ -115,13 +119,13 @@ def _ninja_on_path() -> Iterator[None]:
 
 
 def _compile() -> None:
-    """Compile (or load from the cache) ``window_stats.cpp`` and register ``torch.ops.poolkit_cpu``."""
+    """Compile (or load from the cache) :data:`SOURCES` and register ``torch.ops.poolkit_cpu``."""
     from torch.utils import cpp_extension
 
     with _ninja_on_path():
         cpp_extension.load(
             name=extension_name(),
-            sources=[str(SOURCE)],
+            sources=[str(path) for path in SOURCES],
             extra_cflags=compiler_flags(),
             extra_ldflags=list(LDFLAGS),
             is_python_module=False,
