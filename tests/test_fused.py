@@ -171,7 +171,8 @@ def test_every_blend_is_the_same_with_and_without_fused_kernels(
     torch.testing.assert_close(g1[0], g0[0])
     # stochastic_mix's theta gradient passes through float32 lambda (theta.float() on both paths): torch sums
     # float32 per-sample terms, the compiled sampler sums in double and rounds once.
-    tolerance = {"rtol": 100 * torch.finfo(torch.float32).eps, "atol": 0.0} if name == "stochastic_mix" else {}
+    float32 = {"rtol": 100 * torch.finfo(torch.float32).eps, "atol": 0.0}
+    tolerance = float32 if name == "stochastic_mix" else {}
     for a, b in zip(g1[1:], g0[1:], strict=True):
         torch.testing.assert_close(a, b, **tolerance)
 

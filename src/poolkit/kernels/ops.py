@@ -54,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -448,3 +449,20 @@ def _backward_beta_rsample(ctx: Any, grad: Tensor | None) -> tuple[Any, ...]:
 
 
 beta_rsample_op.register_autograd(_backward_beta_rsample, setup_context=_setup_beta_rsample)
+
+
+def _keep_draws_apart_under_compile() -> None:
+    """List the sampler among AOTAutograd's random operators, which its common-subexpression pass keeps.
+
+    That pass (torch 2.13) does not read the ``nondeterministic_seeded`` tag: without this, two identical
+    calls in one compiled training graph (a Stochastic Mix module reused on same-sized inputs) would share
+    their draws. torch's own ``Beta.rsample`` (``_sample_dirichlet``) is not on the list and has that problem.
+    """
+    with contextlib.suppress(ImportError, AttributeError):
+        from torch._functorch import compile_utils
+
+        if torch.ops.poolkit.beta_rsample not in compile_utils.rand_ops:
+            compile_utils.rand_ops.append(torch.ops.poolkit.beta_rsample)
+
+
+_keep_draws_apart_under_compile()
