@@ -1,10 +1,12 @@
 """Compiled kernels of the window statistics that every adaptive pool is built from.
 
-* :mod:`~poolkit.kernels.build`: builds ``window_stats.cpp`` (C++, OpenMP) on first use into torch's
-  extension cache, reports the build time, and falls back to the eager path with one warning;
-* :mod:`~poolkit.kernels.ops`: the custom operators ``poolkit::window_max_mean`` and
-  ``poolkit::window_max_topk_mean`` (fake kernels and autograd registered), one node each under
-  ``torch.compile`` and ``torch.export``;
+* :mod:`~poolkit.kernels.build`: builds ``window_stats.cpp`` and ``beta_sampler.cpp`` (C++, OpenMP; one
+  extension) on first use into torch's extension cache, reports the build time, and falls back to the eager
+  path with one warning;
+* :mod:`~poolkit.kernels.ops`: the custom operators ``poolkit::window_max_mean``,
+  ``poolkit::window_max_topk_mean``, ``poolkit::window_power_mean``, ``poolkit::window_weighted_mean`` and
+  Stochastic Mix's sampler ``poolkit::beta_rsample`` (fake kernels and autograd registered), one node each
+  under ``torch.compile`` and ``torch.export``;
 * :mod:`~poolkit.kernels.triton_window`: the same operators in Triton, registered as their CUDA kernels
   (opt-in with ``POOLKIT_FUSED=on`` until measured on a GPU; needs ``pip install triton``).
 
