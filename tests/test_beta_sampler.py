@@ -27,6 +27,14 @@ scipy_special = pytest.importorskip("scipy.special")
 scipy_stats = pytest.importorskip("scipy.stats")
 
 
+@pytest.fixture
+def fresh_dynamo():
+    """Compile from a clean cache and leave none behind (the recompile limit counts across tests)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _torch_draws(alpha: torch.Tensor, beta: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.distributions.Beta(alpha, beta, validate_args=False).rsample(shape)
 
@@ -229,7 +237,9 @@ class _OpRecorder:
 
 @needs_build
 @pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
-def test_torch_compile_fullgraph_sees_one_sampler_and_matches_eager(per_channel: bool) -> None:
+def test_torch_compile_fullgraph_sees_one_sampler_and_matches_eager(
+    per_channel: bool, fresh_dynamo: None
+) -> None:
     pool = poolkit.create_pool("stochastic_mix", 2, channels=4, per_channel=per_channel).train()
     with torch.no_grad():
         pool.theta.add_(0.3)
@@ -249,7 +259,7 @@ def test_torch_compile_fullgraph_sees_one_sampler_and_matches_eager(per_channel:
 
 
 @needs_build
-def test_compiled_graph_draws_twice_for_two_identical_calls() -> None:
+def test_compiled_graph_draws_twice_for_two_identical_calls(fresh_dynamo: None) -> None:
     """The operator is tagged nondeterministic_seeded: two identical calls stay two draws under compile."""
     pool = poolkit.create_pool("stochastic_mix", 2).train()
     x = torch.rand(2, 3, 4, 4)
@@ -259,7 +269,7 @@ def test_compiled_graph_draws_twice_for_two_identical_calls() -> None:
 
 
 @needs_build
-def test_torch_export_keeps_the_sampler() -> None:
+def test_torch_export_keeps_the_sampler(fresh_dynamo: None) -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), build("stochastic_mix", 2)).train()
     x = torch.randn(2, 3, 8, 8)
     exported = torch.export.export(model, (x,))
