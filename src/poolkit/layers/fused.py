@@ -587,6 +587,9 @@ def beta_rsample(
     f the density) instead of torch's per-sample ``_dirichlet_grad``. ``total``: ``alpha + beta`` when the
     caller knows it as a number (Stochastic Mix's kappa); see :func:`beta_sampler_path`.
 
+    Shape:
+        alpha and beta of one shape P (Stochastic Mix: () or (C,)) -> ``(*sample_shape, *P)``.
+
     Example:
         >>> alpha, beta = torch.tensor(2.0), torch.tensor(3.0)
         >>> _ = torch.manual_seed(0)
