@@ -54,10 +54,14 @@ def compiler_flags() -> list[str]:
 
 
 def extension_name() -> str:
-    """The cache name of the build: :data:`EXTENSION` and a hash of torch's version and the CPU's flags.
+    """The cache name of the build: :data:`EXTENSION` and a hash of torch's version, the CPU's flags and the
+    sources' contents.
 
     torch's cache rebuilds when the source or the flags change, not when torch does (the include paths of a
     venv stay the same across an upgrade), and ``-march=native`` binaries are only valid on their CPU kind.
+    The sources are in the name too, so that two checkouts of different versions sharing one cache (two
+    branches, two venvs) each keep their own build instead of rebuilding over each other's, which also
+    loaded a build of the other version's sources when both built at once.
     """
     flags = platform.processor()
     if _native_x86():
@@ -66,7 +70,11 @@ def extension_name() -> str:
                 if line.startswith("flags"):
                     flags = line
                     break
-    key = f"{torch.__version__}|{platform.machine()}|{flags}"
+    sources = hashlib.sha1()
+    for path in SOURCES:
+        with contextlib.suppress(OSError):
+            sources.update(path.read_bytes())
+    key = f"{torch.__version__}|{platform.machine()}|{flags}|{sources.hexdigest()}"
     return f"{EXTENSION}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
