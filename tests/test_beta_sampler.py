@@ -17,7 +17,8 @@ from torch import nn
 import poolkit
 from poolkit.kernels import cpu_kernels_available
 from poolkit.kernels.ops import beta_rsample_backward_op, beta_rsample_op
-from poolkit.layers.fused import MAX_COMPILED_KAPPA, beta_rsample, beta_sampler_path, use_fused_kernels
+from poolkit.layers.fused import use_fused_kernels
+from poolkit.layers.sampling import MAX_COMPILED_KAPPA, beta_rsample, beta_sampler_path
 from pools import build, reseed
 
 needs_build = pytest.mark.skipif(

@@ -30,7 +30,8 @@ from poolkit.layers.base import (
     form_dims,
     prepare,
 )
-from poolkit.layers.fused import beta_rsample, window_max_mean
+from poolkit.layers.fused import window_max_mean
+from poolkit.layers.sampling import beta_rsample
 from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
@@ -160,7 +161,7 @@ def gated_pool2d(
 def _sample_mix(theta: Tensor, kappa: float, batch: int, channels: int, spatial: int = 2) -> Tensor:
     """lambda ~ Beta(kappa m, kappa (1 - m)), m = sigmoid(theta): one draw per (sample, channel).
 
-    On CPU the compiled sampler (:func:`poolkit.layers.fused.beta_rsample`) makes the same draws as torch's
+    On CPU the compiled sampler (:func:`poolkit.layers.sampling.beta_rsample`) makes the same draws as torch's
     ``Beta.rsample`` and computes the implicit-reparameterisation gradient itself.
     """
     m = torch.sigmoid(theta.float())

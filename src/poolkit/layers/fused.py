@@ -18,8 +18,7 @@ and scatter into it. Three paths compute the same values and gradients:
 
 GeM's power mean (:func:`window_power_mean`) and the weighted mean of attention and LIP
 (:func:`window_weighted_mean_fused`) have a compiled kernel and the reference only (no eager fused path);
-so do Stochastic Mix's Beta draws (:func:`beta_rsample`: the compiled sampler or torch's ``rsample``, the
-same numbers, a cheaper and exact gradient).
+so do Stochastic Mix's Beta draws (:func:`poolkit.layers.sampling.beta_rsample`, chosen by the same mode).
 
 Choice (:func:`set_fused_kernels` or the ``POOLKIT_FUSED`` environment variable): ``auto`` (the default)
 takes the compiled kernels on CPU (the eager fused path when they cannot be built, with one warning) and the
@@ -43,7 +42,6 @@ from torch.autograd.function import once_differentiable
 
 from poolkit.kernels.build import cpu_kernels_available, cuda_kernels_available
 from poolkit.kernels.ops import (
-    beta_rsample_op,
     window_max_mean_op,
     window_max_topk_mean_op,
     window_power_mean_op,
@@ -61,8 +59,6 @@ from poolkit.layers.windows import (
 )
 
 __all__ = [
-    "beta_rsample",
-    "beta_sampler_path",
     "fused_kernel_mode",
     "fused_kernels_enabled",
     "kernel_path",
@@ -80,8 +76,6 @@ KernelPath = Literal["compiled", "eager", "native"]
 _MODES = ("auto", "on", "eager", "off")
 #: Windows with more cells than this skip the eager fused path (it makes one pass per cell).
 MAX_FUSED_AREA = 16
-#: The largest kappa = alpha + beta that the compiled Beta sampler serves (its gradient series grows with it).
-MAX_COMPILED_KAPPA = 256.0
 #: The dtypes of the compiled kernels.
 COMPILED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
@@ -550,54 +544,3 @@ def _divide_by_count(y: Tensor, geometry: PoolGeometry, height: int, width: int,
     if min_window_count(geometry, height, width) == geometry.area:
         return torch.mul(y, 1.0 / geometry.area, out=out)
     return torch.div(y, window_count(geometry, height, width, device=y.device).to(y.dtype), out=out)
-
-
-def beta_sampler_path(alpha: Tensor, beta: Tensor, total: float | None = None) -> KernelPath:
-    """``"compiled"`` when :func:`beta_rsample` takes the C++ sampler for these parameters, else ``"native"``.
-
-    The compiled sampler serves CPU float32/float64 parameters of one shape with
-    ``alpha + beta <= MAX_COMPILED_KAPPA`` (``total``, when the caller knows it, else read from the tensors;
-    under ``torch.compile`` only a given ``total`` counts) in the modes ``auto`` and ``on``; ``eager``,
-    ``off``, other devices and larger concentrations take torch's ``Beta.rsample``.
-    """
-    if _state["mode"] not in ("auto", "on") or alpha.device.type != "cpu" or beta.device.type != "cpu":
-        return "native"
-    if alpha.dtype not in (torch.float32, torch.float64) or alpha.dtype != beta.dtype:
-        return "native"
-    if alpha.shape != beta.shape:
-        return "native"
-    if total is None:
-        if torch.compiler.is_compiling():
-            return "native"
-        total = float((alpha + beta).max()) if alpha.numel() else 0.0
-    if not total <= MAX_COMPILED_KAPPA:
-        return "native"
-    return "compiled" if cpu_kernels_available() else "native"
-
-
-def beta_rsample(
-    alpha: Tensor, beta: Tensor, sample_shape: tuple[int, ...], *, total: float | None = None
-) -> Tensor:
-    """``lambda ~ Beta(alpha, beta)``, shape ``sample_shape + alpha.shape``, reparameterised (rsample).
-
-    The same draws from torch's default generator on either path: the compiled operator
-    :func:`poolkit.kernels.ops.beta_rsample_op` draws exactly the numbers of
-    ``torch.distributions.Beta(alpha, beta).rsample(sample_shape)``, and computes the implicit gradient
-    ``d lambda / d alpha = -(dI/d alpha) / f(lambda)`` itself (I the regularised incomplete beta function,
-    f the density) instead of torch's per-sample ``_dirichlet_grad``. ``total``: ``alpha + beta`` when the
-    caller knows it as a number (Stochastic Mix's kappa); see :func:`beta_sampler_path`.
-
-    Shape:
-        alpha and beta of one shape P (Stochastic Mix: () or (C,)) -> ``(*sample_shape, *P)``.
-
-    Example:
-        >>> alpha, beta = torch.tensor(2.0), torch.tensor(3.0)
-        >>> _ = torch.manual_seed(0)
-        >>> ours = beta_rsample(alpha, beta, (4,))
-        >>> _ = torch.manual_seed(0)
-        >>> torch.equal(ours, torch.distributions.Beta(alpha, beta).rsample((4,)))
-        True
-    """
-    if beta_sampler_path(alpha, beta, total) == "compiled":
-        return beta_rsample_op(alpha, beta, list(sample_shape))
-    return torch.distributions.Beta(alpha, beta, validate_args=False).rsample(sample_shape)
