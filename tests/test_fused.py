@@ -167,9 +167,14 @@ def test_every_blend_is_the_same_with_and_without_fused_kernels(
         grads = torch.autograd.grad(y.square().sum(), [leaf, *pool.parameters()])
         outputs.append((y, grads))
     (y0, g0), (y1, g1) = outputs
-    torch.testing.assert_close(y1, y0)
-    for a, b in zip(g1, g0, strict=True):
-        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(y1, y0)  # stochastic_mix: the compiled sampler makes torch's very draws
+    torch.testing.assert_close(g1[0], g0[0])
+    # stochastic_mix's theta gradient passes through float32 lambda (theta.float() on both paths): torch sums
+    # float32 per-sample terms, the compiled sampler sums in double and rounds once.
+    float32 = {"rtol": 100 * torch.finfo(torch.float32).eps, "atol": 0.0}
+    tolerance = float32 if name == "stochastic_mix" else {}
+    for a, b in zip(g1[1:], g0[1:], strict=True):
+        torch.testing.assert_close(a, b, **tolerance)
 
 
 def test_modes_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:

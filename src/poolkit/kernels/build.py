@@ -1,6 +1,8 @@
 """Build (once, cached) and load the C++ window kernels; report the build time; fall back with one warning.
 
-The CPU kernels live in one C++ file, ``window_stats.cpp``, next to this module. The first call of
+The CPU kernels live in two C++ files next to this module, built together as one extension:
+``window_stats.cpp`` (the window statistics) and ``beta_sampler.cpp`` (Stochastic Mix's Beta draws and their
+gradient). The first call of
 :func:`cpu_kernels_available` in a process compiles it with ``torch.utils.cpp_extension.load`` (ninja and the
 system C++ compiler, OpenMP on) into torch's extension cache (``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``), which rebuilds only when the source or the compiler flags change, and loads it
@@ -35,6 +37,8 @@ __all__ = ["KernelStatus", "cpu_kernels_available", "cuda_kernels_available", "k
 
 _LOG = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("window_stats.cpp")
+#: Every C++ source of the extension (one build, one cache entry).
+SOURCES = (SOURCE, Path(__file__).with_name("beta_sampler.cpp"))
 #: The name of the extension in torch's cache (a new source gets a new versioned build there).
 EXTENSION = "poolkit_window_stats"
 LDFLAGS = ("-fopenmp",)
@@ -50,10 +54,14 @@ def compiler_flags() -> list[str]:
 
 
 def extension_name() -> str:
-    """The cache name of the build: :data:`EXTENSION` and a hash of torch's version and the CPU's flags.
+    """The cache name of the build: :data:`EXTENSION` and a hash of torch's version, the CPU's flags and the
+    sources' contents.
 
     torch's cache rebuilds when the source or the flags change, not when torch does (the include paths of a
     venv stay the same across an upgrade), and ``-march=native`` binaries are only valid on their CPU kind.
+    The sources are in the name too, so that two checkouts of different versions sharing one cache (two
+    branches, two venvs) each keep their own build instead of rebuilding over each other's, which also
+    loaded a build of the other version's sources when both built at once.
     """
     flags = platform.processor()
     if _native_x86():
@@ -62,7 +70,11 @@ def extension_name() -> str:
                 if line.startswith("flags"):
                     flags = line
                     break
-    key = f"{torch.__version__}|{platform.machine()}|{flags}"
+    sources = hashlib.sha1()
+    for path in SOURCES:
+        with contextlib.suppress(OSError):
+            sources.update(path.read_bytes())
+    key = f"{torch.__version__}|{platform.machine()}|{flags}|{sources.hexdigest()}"
     return f"{EXTENSION}_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
@@ -115,13 +127,13 @@ def _ninja_on_path() -> Iterator[None]:
 
 
 def _compile() -> None:
-    """Compile (or load from the cache) ``window_stats.cpp`` and register ``torch.ops.poolkit_cpu``."""
+    """Compile (or load from the cache) :data:`SOURCES` and register ``torch.ops.poolkit_cpu``."""
     from torch.utils import cpp_extension
 
     with _ninja_on_path():
         cpp_extension.load(
             name=extension_name(),
-            sources=[str(SOURCE)],
+            sources=[str(path) for path in SOURCES],
             extra_cflags=compiler_flags(),
             extra_ldflags=list(LDFLAGS),
             is_python_module=False,

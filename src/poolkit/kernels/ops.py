@@ -50,6 +50,15 @@ Six operators, each computing several statistics of the same windows in one pass
   ``y = S^(1/p)``, and ``y = 0`` with gradient 0 where ``S = 0``. p is a float constant (``norm_type``).
   Backward: ``dx_i = x_i^(p-1) sum_w [S_w != 0] gy_w S_w^(1/p - 1)``. Saved: x and S.
 
+* ``poolkit::beta_rsample(alpha, beta, sample_shape) -> lambda``: Stochastic Mix's mixing weights,
+  ``lambda ~ Beta(alpha, beta)`` of shape ``sample_shape + alpha.shape`` (alpha and beta of one shape, float32
+  or float64, few: one pair per layer or per channel), drawn from torch's default CPU generator exactly as
+  ``torch.distributions.Beta(alpha, beta).rsample(sample_shape)`` draws them (``beta_sampler.cpp``).
+  Backward (implicit reparameterisation, u = I_lambda(a, b) held fixed):
+  ``d lambda/d a = -(dI/da)/f(lambda)``, ``d lambda/d b = -(dI/db)/f(lambda)`` (I the regularised incomplete
+  beta function, f the Beta density), from the positive series of I differentiated term by term, whose
+  coefficients are tabulated once per (a, b) pair; summed over the samples of each pair. Saved: lambda.
+
 Shapes: x (N, C, H, W) -> outputs (N, C, H_out, W_out) with ``out_size = (H_out, W_out)`` from
 :meth:`poolkit.layers.windows.PoolGeometry.output_size`; outputs are channels_last when x is (the rule of
 :func:`memory_format`), float outputs in x's dtype, ``tie`` in float32 (float64 for float64 inputs).
@@ -71,6 +80,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +90,7 @@ from torch import Tensor
 __all__ = [
     "GATES",
     "accumulate_dtype",
+    "beta_rsample_op",
     "memory_format",
     "window_max_mean_blend_op",
     "window_max_mean_op",
@@ -775,3 +786,76 @@ def _backward_power_sum(ctx: Any, grad_y: Tensor | None, *_: Any) -> tuple[Any, 
 
 
 window_power_sum_op.register_autograd(_backward_power_sum, setup_context=_setup_power_sum)
+
+
+# ------------------------------------------------------------------------------------- Beta draws
+
+
+@torch.library.custom_op(
+    "poolkit::beta_rsample",
+    mutates_args=(),
+    device_types="cpu",
+    tags=(torch.Tag.nondeterministic_seeded,),  # never merged with an identical call, never replayed
+)
+def beta_rsample_op(alpha: Tensor, beta: Tensor, sample_shape: Sequence[int]) -> Tensor:
+    """``lambda ~ Beta(alpha, beta)`` of shape ``sample_shape + alpha.shape``, reparameterised.
+
+    Draws from torch's default CPU generator exactly the numbers that
+    ``torch.distributions.Beta(alpha, beta).rsample(sample_shape)`` draws (so ``torch.manual_seed``
+    reproduces them); the gradient to alpha and beta is the implicit one, ``d lambda / d a = -(dI/da) / f``
+    (see the module docstring), computed by :func:`beta_rsample_backward_op`.
+    """
+    sample: Tensor = torch.ops.poolkit_cpu.beta_rsample_forward(alpha, beta, sample_shape)
+    return sample
+
+
+@beta_rsample_op.register_fake
+def _(alpha: Tensor, beta: Tensor, sample_shape: Sequence[int]) -> Tensor:
+    return alpha.new_empty((*sample_shape, *alpha.shape))
+
+
+@torch.library.custom_op("poolkit::beta_rsample_backward", mutates_args=(), device_types="cpu")
+def beta_rsample_backward_op(
+    grad: Tensor, sample: Tensor, alpha: Tensor, beta: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``(sum g dlambda/dalpha, sum g dlambda/dbeta)`` over the samples of each (alpha, beta) pair."""
+    grad_alpha, grad_beta = torch.ops.poolkit_cpu.beta_rsample_backward(grad, sample, alpha, beta)
+    return grad_alpha, grad_beta
+
+
+@beta_rsample_backward_op.register_fake
+def _(grad: Tensor, sample: Tensor, alpha: Tensor, beta: Tensor) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(alpha), torch.empty_like(beta)
+
+
+def _setup_beta_rsample(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+    alpha, beta, _ = inputs
+    ctx.save_for_backward(output, alpha, beta)
+
+
+def _backward_beta_rsample(ctx: Any, grad: Tensor | None) -> tuple[Any, ...]:
+    sample, alpha, beta = ctx.saved_tensors
+    if grad is None or not any(ctx.needs_input_grad[:2]):
+        return None, None, None
+    grad_alpha, grad_beta = beta_rsample_backward_op(grad, sample, alpha, beta)
+    return grad_alpha, grad_beta, None
+
+
+beta_rsample_op.register_autograd(_backward_beta_rsample, setup_context=_setup_beta_rsample)
+
+
+def _keep_draws_apart_under_compile() -> None:
+    """List the sampler among AOTAutograd's random operators, which its common-subexpression pass keeps.
+
+    That pass (torch 2.13) does not read the ``nondeterministic_seeded`` tag: without this, two identical
+    calls in one compiled training graph (a Stochastic Mix module reused on same-sized inputs) would share
+    their draws. torch's own ``Beta.rsample`` (``_sample_dirichlet``) is not on the list and has that problem.
+    """
+    with contextlib.suppress(ImportError, AttributeError):
+        from torch._functorch import compile_utils
+
+        if torch.ops.poolkit.beta_rsample not in compile_utils.rand_ops:
+            compile_utils.rand_ops.append(torch.ops.poolkit.beta_rsample)
+
+
+_keep_draws_apart_under_compile()

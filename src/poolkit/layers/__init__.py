@@ -3,8 +3,8 @@
 Importing this package registers every method in :mod:`poolkit.registry`. One file per family:
 ``classic`` (max, avg, lp, strided_conv), ``threshold`` (tmaxavg, soft_tmaxavg, learnable_t),
 ``blend`` (mixed, channel_adaptive, gated, stochastic_mix), ``attention`` (attention, softpool, lip),
-``literature`` (stochastic, gem, blurmax); ``windows`` holds the machinery they share and ``fused`` the
-fused M/A kernels of the max/average blends.
+``literature`` (stochastic, gem, blurmax); ``windows`` holds the machinery they share, ``fused`` the
+fused M/A kernels of the max/average blends and ``sampling`` Stochastic Mix's Beta draws.
 """
 
 from poolkit.layers.attention import AttentionPool, LIPPool, SoftPool

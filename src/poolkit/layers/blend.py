@@ -32,6 +32,7 @@ from poolkit.layers.base import (
 )
 from poolkit.layers.fused import window_max_mean
 from poolkit.layers.gate import window_blend
+from poolkit.layers.sampling import beta_rsample
 from poolkit.layers.windows import Geometry
 from poolkit.registry import register_pool
 
@@ -158,11 +159,15 @@ def gated_pool2d(
 
 
 def _sample_mix(theta: Tensor, kappa: float, batch: int, channels: int, spatial: int = 2) -> Tensor:
-    """lambda ~ Beta(kappa m, kappa (1 - m)), m = sigmoid(theta): one draw per (sample, channel)."""
+    """lambda ~ Beta(kappa m, kappa (1 - m)), m = sigmoid(theta): one draw per (sample, channel).
+
+    On CPU the compiled sampler (:func:`poolkit.layers.sampling.beta_rsample`) makes the same draws as torch's
+    ``Beta.rsample`` and computes the implicit-reparameterisation gradient itself.
+    """
     m = torch.sigmoid(theta.float())
-    beta = torch.distributions.Beta(kappa * m, kappa * (1.0 - m), validate_args=False)
     shape = (batch, channels) if theta.dim() == 0 else (batch,)
-    return beta.rsample(shape).view(batch, channels, *(1,) * spatial)
+    lam = beta_rsample(kappa * m, kappa * (1.0 - m), shape, total=kappa)
+    return lam.view(batch, channels, *(1,) * spatial)
 
 
 def stochastic_mix_pool2d(

@@ -20,7 +20,7 @@ GeM's power mean (:func:`window_power_mean`), the weighted mean of attention and
 (:func:`window_weighted_mean_fused`), SoftPool's and stochastic pooling's self-weighted mean
 (:func:`window_self_weighted_mean_compiled`) and LP's power sum (:func:`window_power_sum_compiled`) have a
 compiled kernel and the reference only (no eager fused path); the last two are called by their layers when
-:func:`kernel_path` says ``"compiled"``, the layers' own code being the reference otherwise.
+:func:`kernel_path` says ``"compiled"``. So do Stochastic Mix's Beta draws (:mod:`poolkit.layers.sampling`).
 
 Choice (:func:`set_fused_kernels` or the ``POOLKIT_FUSED`` environment variable): ``auto`` (the default)
 takes the compiled kernels on CPU (the eager fused path when they cannot be built, with one warning) and the
