@@ -289,6 +289,20 @@ def test_cuda_autocast(name, dtype):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ALL_POOLS)
+@pytest.mark.parametrize("geometry", [(2,), (3, 2, 1)], ids=["2x2", "3x3s2p1"])
+def test_cuda_autocast_float16_input(name, geometry):
+    """Under autocast the pool gets the float16 output of a convolution (CUDA autocast computes sum() in
+    float32, so a reference path mixing it with a float16 maximum must not fail)."""
+    module = perturb(build(name, *geometry)).cuda().train()
+    x = torch.rand(2, CHANNELS, 9, 8, device="cuda", dtype=torch.float16, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.float16):
+        y = module(x)
+    y.float().sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_cuda_channels_last_gradients_equal_nchw(name):
     """The layout never changes a gradient on CUDA (CUDA avg_pool2d's channels_last backward with padding

@@ -126,7 +126,7 @@ def _self_weighted_backward_kernel(
 
 @triton.jit
 def _power_sum_forward_kernel(
-    x_ptr, y_ptr, s_ptr, p,
+    x_ptr, y_ptr, s_ptr, e_ptr,
     total, C, H, W, OH, OW,
     sxn, sxc, sxh, sxw, son, soc, soh, sow,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -135,6 +135,7 @@ def _power_sum_forward_kernel(
 ):  # fmt: skip
     """(y, S): S = sum_R x^p (torch.pow's real powers), y = S^(1/p), 0 where S = 0."""
     acc_t = tl.float64 if DOUBLE else tl.float32
+    p, root = tl.load(e_ptr), tl.load(e_ptr + 1)  # exponents in acc_t (see _exponents)
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = i < total
     n, c, oh, ow = _decompose(i, C, OH, OW, CL)
@@ -147,7 +148,7 @@ def _power_sum_forward_kernel(
             real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             v = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=real, other=0.0).to(acc_t)
             sums += tl.where(real, _real_pow(v, p), 0.0)
-    y = tl.where(sums == 0.0, 0.0, _real_pow(sums, 1.0 / p))
+    y = tl.where(sums == 0.0, 0.0, _real_pow(sums, root))
     out = n * son + c * soc + oh * soh + ow * sow
     tl.store(y_ptr + out, y.to(y_ptr.dtype.element_ty), mask=live)
     tl.store(s_ptr + out, sums, mask=live)
@@ -166,7 +167,7 @@ def _real_pow(v, p):
 
 @triton.jit
 def _power_sum_backward_kernel(
-    gx_ptr, x_ptr, gy_ptr, s_ptr, p,
+    gx_ptr, x_ptr, gy_ptr, s_ptr, e_ptr,
     total, C, H, W, OH, OW,
     sxn, sxc, sxh, sxw, son, soc, soh, sow,
     KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
@@ -175,6 +176,7 @@ def _power_sum_backward_kernel(
 ):  # fmt: skip
     """dx_i = x_i^(p-1) sum over the windows w containing i of [S_w != 0] gy_w S_w^(1/p - 1)."""
     acc_t = tl.float64 if DOUBLE else tl.float32
+    root_grad, p_less_one = tl.load(e_ptr + 2), tl.load(e_ptr + 3)  # exponents in acc_t (see _exponents)
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = i < total
     n, c, ih, iw = _decompose(i, C, H, W, CL)
@@ -191,10 +193,10 @@ def _power_sum_backward_kernel(
             o = n * son + c * soc + oh * soh + ow * sow
             gy = tl.load(gy_ptr + o, mask=ok, other=0.0).to(acc_t)
             s = tl.load(s_ptr + o, mask=ok, other=0.0).to(acc_t)
-            share = gy * _real_pow(tl.where(s == 0.0, 1.0, s), 1.0 / p - 1.0)
+            share = gy * _real_pow(tl.where(s == 0.0, 1.0, s), root_grad)
             grad += tl.where(ok & (s != 0.0), share, 0.0)
     v = tl.load(x_ptr + at_x, mask=live, other=0.0).to(acc_t)
-    tl.store(gx_ptr + at_x, (grad * _real_pow(v, p - 1.0)).to(gx_ptr.dtype.element_ty), mask=live)
+    tl.store(gx_ptr + at_x, (grad * _real_pow(v, p_less_one)).to(gx_ptr.dtype.element_ty), mask=live)
 
 
 def self_weighted_forward(
@@ -245,6 +247,17 @@ def self_weighted_backward(
     return grad_x
 
 
+def _exponents(p: float, x: Tensor) -> Tensor:
+    """(p, 1/p, 1/p - 1, p - 1) on x's device in the accumulation dtype.
+
+    Computed here in double and passed as a tensor: a Python float argument reaches a compiled Triton kernel
+    as float32, and float32's 1/3 made float64 LP gradients 1.6e-7 off (seen on an H200).
+    """
+    p = float(p)
+    values = (p, 1.0 / p, 1.0 / p - 1.0, p - 1.0)
+    return torch.tensor(values, dtype=accumulate_dtype(x.dtype), device=x.device)
+
+
 def power_sum_forward(
     x: Tensor,
     p: float,
@@ -257,7 +270,7 @@ def power_sum_forward(
     """(y, S) of LP pooling for every window (see :mod:`poolkit.kernels.ops`)."""
     y, s = _outputs(x, out_size, (x.dtype, accumulate_dtype(x.dtype)))
     _power_sum_forward_kernel[_grid(y.numel())](
-        x, y, s, float(p), y.numel(), x.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3],
+        x, y, s, _exponents(p, x), y.numel(), x.shape[1], x.shape[2], x.shape[3], y.shape[2], y.shape[3],
         *x.stride(), *y.stride(), **_geometry(kernel, stride, padding, dilation),
         CL=memory_format(x) == torch.channels_last, DOUBLE=x.dtype == torch.float64, BLOCK=BLOCK,
     )  # fmt: skip
@@ -281,7 +294,8 @@ def power_sum_backward(
     grad_y, s = (t.contiguous(memory_format=fmt) for t in (grad_y.to(x.dtype), s))
     grad_x = torch.empty_like(x, memory_format=fmt)
     _power_sum_backward_kernel[_grid(x.numel())](
-        grad_x, x, grad_y, s, float(p), x.numel(), x.shape[1], x.shape[2], x.shape[3], s.shape[2], s.shape[3],
+        grad_x, x, grad_y, s, _exponents(p, x), x.numel(), x.shape[1], x.shape[2], x.shape[3],
+        s.shape[2], s.shape[3],
         *x.stride(), *s.stride(), **_geometry(kernel, stride, padding, dilation),
         CL=channels_last, DOUBLE=x.dtype == torch.float64, BLOCK=BLOCK,
     )  # fmt: skip

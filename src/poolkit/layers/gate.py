@@ -71,6 +71,7 @@ def window_blend(
                 return window_max_topk_blend_op(x, p, k, GATES[gate], float(tau), *args)[0]
             return window_max_mean_blend_op(x, p, GATES[gate], float(tau), *args)[0]
     m, s = window_max_mean(x, geometry) if k is None else window_max_topk_mean(x, geometry, k)
+    s = s.to(m.dtype)  # torch.lerp needs one dtype (CUDA autocast computes some sums in float32)
     if gate == "lerp":
         return torch.lerp(s, m, param.to(x.dtype) if isinstance(param, Tensor) else float(param))
     if gate == "hard":

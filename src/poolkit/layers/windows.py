@@ -413,7 +413,7 @@ def window_sum(x: Tensor, geometry: Geometry) -> Tensor:
         return _native("adaptive_avg_pool", g.spatial_dims)(x, g.out_size) * count.to(x.dtype)
     if _native_average(g, x):
         return _average(x, g, count_include_pad=True, divisor_override=1)
-    return unfold_windows(x, g, 0.0).sum(-1)
+    return unfold_windows(x, g, 0.0).sum(-1).to(x.dtype)  # x's dtype under CUDA autocast too
 
 
 def window_count(geometry: Geometry, *sizes: int, device: torch.device | None = None) -> Tensor:
@@ -588,4 +588,5 @@ def window_topk_mean(x: Tensor, geometry: Geometry, k: int) -> Tensor:
     n_equal = equal.sum(-1, keepdim=True).to(x.dtype)
     tied = torch.where(equal, windows, zero).sum(-1, keepdim=True) / n_equal.clamp_min(1)
     total = above_sum + (taken - n_above) * tied
-    return (total / (taken.clamp_min(1) if clipped else taken)).squeeze(-1)  # type: ignore[union-attr]
+    # CUDA autocast runs sum() in float32: return x's dtype, as the native M and A do.
+    return (total / (taken.clamp_min(1) if clipped else taken)).squeeze(-1).to(x.dtype)  # type: ignore[union-attr]
