@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,21 +57,18 @@ class SlurmOptions:
         return out
 
 
+def _accepted(hint: Any) -> tuple[type, ...]:
+    """The YAML types a field of this annotation accepts: None dropped, a float takes an int too, a tuple
+    is written as a YAML list."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    return {float: (int, float), tuple: (list,)}.get(base, (base,))
+
+
+#: What each ``slurm:`` key accepts, read off SlurmOptions' annotations (one place for the types).
 _SLURM_TYPES: dict[str, tuple[type, ...]] = {
-    "partition": (str,),
-    "gpus_per_node": (int,),
-    "cpus_per_task": (int,),
-    "mem_gb": (int, float),
-    "timeout_min": (int,),
-    "array_parallelism": (int,),
-    "tasks_per_node": (int,),
-    "account": (str,),
-    "qos": (str,),
-    "constraint": (str,),
-    "job_name": (str,),
-    "setup": (list,),
-    "additional_parameters": (dict,),
-    "cluster": (str,),
+    name: _accepted(hint) for name, hint in typing.get_type_hints(SlurmOptions).items()
 }
 _SLURM_CLUSTERS = ("slurm", "local", "debug")
 
