@@ -974,6 +974,45 @@ std::tuple<Tensor, Tensor> max_topk_blend_backward(const Tensor& grad_y, const T
 
 // ------------------------------------------------------------------------------------------ power mean
 
+// For every row r of input cells (W cells of one (n, c, h) in NCHW, the C channels of one pixel in
+// channels_last), the sums over the windows containing each cell of the output-sized per-window values ap,
+// gathered (each cell's total written once, no atomics), handed to use(r, totals) with L = W or C totals.
+// The backward passes of the power means (GeM, LP) use it.
+template <typename acc_t, typename Use>
+void for_each_row_of_window_sums(const acc_t* ap, const Geometry& g, int64_t N, int64_t C, int64_t H, int64_t W,
+                                 bool cl, int64_t work_per_cell, Use&& use) {
+  const int64_t OH = g.h.out, OW = g.w.out;
+  const int64_t L = cl ? C : W;
+  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * work_per_cell), [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> total(L);
+    for (int64_t r = begin; r < end; ++r) {
+      acc_t* __restrict t = total.data();
+      for (int64_t j = 0; j < L; ++j) t[j] = 0;
+      if (!cl) {
+        const int64_t plane = r / H, ih = r % H;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
+          for (int64_t tw = 0; tw < g.kw(); ++tw) {
+            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
+            acc_t* dst = t + g.w.input(lo, tw);
+            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
+          }
+        }
+      } else {
+        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
+        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
+          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
+            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
+            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
+          }
+        }
+      }
+      use(r, static_cast<const acc_t*>(t));
+    }
+  });
+}
+
+
 // GeM: S = mean_R z^p with z = max(x, eps), y = S^(1/p). The forward also returns S and S' = mean_R z^p ln z,
 // from which the gradient of p is computed on output-sized tensors: dy/dp = y (S' / (p S) - ln S / p^2).
 template <bool Unit, typename acc_t, typename scalar_t>
@@ -1085,40 +1124,16 @@ void power_mean_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x
       }
     }
   });
-  const int64_t L = cl ? C : W;
-  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 16), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> total(L);
-    for (int64_t r = begin; r < end; ++r) {
-      acc_t* __restrict t = total.data();
-      for (int64_t j = 0; j < L; ++j) t[j] = 0;
-      if (!cl) {
-        const int64_t plane = r / H, ih = r % H;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
-          for (int64_t tw = 0; tw < g.kw(); ++tw) {
-            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
-            acc_t* dst = t + g.w.input(lo, tw);
-            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
-          }
-        }
-      } else {
-        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
-            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
-          }
-        }
-      }
-      const scalar_t* xr = xp + r * L;
-      scalar_t* dst = out + r * L;
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t v = static_cast<acc_t>(xr[j]);
-        const acc_t z = v < eps ? eps : v;
-        const acc_t power = power_of(z, fast_log(z), p - acc_t(1));  // computed for every cell, then selected:
-        const acc_t factor = v >= eps ? power : acc_t(0);                // a conditional call would not vectorise
-        dst[j] = static_cast<scalar_t>(t[j] * factor);
-      }
+  for_each_row_of_window_sums<acc_t>(ap, g, N, C, H, W, cl, 16, [&](int64_t r, const acc_t* __restrict t) {
+    const int64_t L = cl ? C : W;
+    const scalar_t* xr = xp + r * L;
+    scalar_t* dst = out + r * L;
+    for (int64_t j = 0; j < L; ++j) {
+      const acc_t v = static_cast<acc_t>(xr[j]);
+      const acc_t z = v < eps ? eps : v;
+      const acc_t power = power_of(z, fast_log(z), p - acc_t(1));  // computed for every cell, then selected:
+      const acc_t factor = v >= eps ? power : acc_t(0);                // a conditional call would not vectorise
+      dst[j] = static_cast<scalar_t>(t[j] * factor);
     }
   });
 }
@@ -1658,37 +1673,13 @@ void power_sum_backward_impl(const Tensor& gy, const Tensor& s, const Tensor& x,
       ap[o] = total == acc_t(0) ? acc_t(0) : static_cast<acc_t>(gyp[o]) * scale;
     }
   });
-  const int64_t L = cl ? C : W;
-  at::parallel_for(0, cl ? N * H * W : N * C * H, grain(L * 8), [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> total(L);
-    for (int64_t r = begin; r < end; ++r) {
-      acc_t* __restrict t = total.data();
-      for (int64_t j = 0; j < L; ++j) t[j] = 0;
-      if (!cl) {
-        const int64_t plane = r / H, ih = r % H;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          const int64_t row = (plane * OH + g.h.outs[e]) * OW;
-          for (int64_t tw = 0; tw < g.kw(); ++tw) {
-            const int64_t lo = g.w.lo[tw], hi = g.w.hi[tw], sw = g.w.stride;
-            acc_t* dst = t + g.w.input(lo, tw);
-            for (int64_t o = lo; o < hi; ++o) dst[(o - lo) * sw] += ap[row + o];
-          }
-        }
-      } else {
-        const int64_t n = r / (H * W), ih = (r / W) % H, iw = r % W;
-        for (int64_t e = g.h.offsets[ih]; e < g.h.offsets[ih + 1]; ++e) {
-          for (int64_t f = g.w.offsets[iw]; f < g.w.offsets[iw + 1]; ++f) {
-            const acc_t* a = ap + (n * OH * OW + g.h.outs[e] * OW + g.w.outs[f]) * C;
-            for (int64_t c = 0; c < C; ++c) t[c] += a[c];
-          }
-        }
-      }
-      const scalar_t* xr = xp + r * L;
-      scalar_t* dst = out + r * L;
-      for (int64_t j = 0; j < L; ++j) {
-        const acc_t v = static_cast<acc_t>(xr[j]);
-        dst[j] = static_cast<scalar_t>(t[j] * (Square ? v : std::pow(v, p - acc_t(1))));
-      }
+  for_each_row_of_window_sums<acc_t>(ap, g, N, C, H, W, cl, 8, [&](int64_t r, const acc_t* __restrict t) {
+    const int64_t L = cl ? C : W;
+    const scalar_t* xr = xp + r * L;
+    scalar_t* dst = out + r * L;
+    for (int64_t j = 0; j < L; ++j) {
+      const acc_t v = static_cast<acc_t>(xr[j]);
+      dst[j] = static_cast<scalar_t>(t[j] * (Square ? v : std::pow(v, p - acc_t(1))));
     }
   });
 }
