@@ -23,7 +23,16 @@ import triton.language as tl
 from torch import Tensor
 
 from poolkit.kernels.ops import SELF_WEIGHTS, accumulate_dtype, memory_format, self_weight_mode
-from poolkit.kernels.triton_window import BLOCK, _decompose, _geometry, _grid, _outputs, _window_count
+from poolkit.kernels.triton_window import (
+    BLOCK,
+    _cell_of,
+    _decompose,
+    _geometry,
+    _grid,
+    _outputs,
+    _window_count,
+    _window_of,
+)
 
 __all__ = [
     "power_sum_backward",
@@ -51,10 +60,8 @@ def _self_weighted_forward_kernel(
     base = n * sxn + c * sxc
     best = tl.full([BLOCK], float("-inf"), acc_t)
     for th in tl.static_range(KH):
-        ih = oh * SH - PH + th * DH
         for tw in tl.static_range(KW):
-            iw = ow * SW - PW + tw * DW
-            real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, real = _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW)
             v = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=real, other=float("-inf")).to(acc_t)
             best = tl.where((v > best) | (v != v), v, best)
     num = tl.zeros([BLOCK], acc_t)
@@ -62,10 +69,8 @@ def _self_weighted_forward_kernel(
     sums = tl.zeros([BLOCK], acc_t)
     count = tl.zeros([BLOCK], tl.int32)
     for th in tl.static_range(KH):
-        ih = oh * SH - PH + th * DH
         for tw in tl.static_range(KW):
-            iw = ow * SW - PW + tw * DW
-            real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, real = _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW)
             v = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=real, other=0.0).to(acc_t)
             w = tl.where(real & (v > 0.0), v, 0.0) if RELU else tl.where(real, tl.exp(v - best), 0.0)
             num += w * v
@@ -101,13 +106,8 @@ def _self_weighted_backward_kernel(
     v = tl.load(x_ptr + at_x, mask=live, other=0.0).to(acc_t)
     grad = tl.zeros([BLOCK], acc_t)
     for th in tl.static_range(KH):
-        num_h = ih + PH - th * DH
-        oh = num_h // SH
-        ok_h = (num_h >= 0) & (num_h % SH == 0) & (oh < OH)
         for tw in tl.static_range(KW):
-            num_w = iw + PW - tw * DW
-            ow = num_w // SW
-            ok = live & ok_h & (num_w >= 0) & (num_w % SW == 0) & (ow < OW)
+            oh, ow, ok = _window_of(ih, iw, th, tw, live, OH, OW, SH, SW, PH, PW, DH, DW)
             o = n * son + c * soc + oh * soh + ow * sow
             gy = tl.load(gy_ptr + o, mask=ok, other=0.0).to(acc_t)
             den = tl.load(d_ptr + o, mask=ok, other=1.0).to(acc_t)
@@ -142,10 +142,8 @@ def _power_sum_forward_kernel(
     base = n * sxn + c * sxc
     sums = tl.zeros([BLOCK], acc_t)
     for th in tl.static_range(KH):
-        ih = oh * SH - PH + th * DH
         for tw in tl.static_range(KW):
-            iw = ow * SW - PW + tw * DW
-            real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, real = _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW)
             v = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=real, other=0.0).to(acc_t)
             sums += tl.where(real, _real_pow(v, p), 0.0)
     y = tl.where(sums == 0.0, 0.0, _real_pow(sums, root))
@@ -183,13 +181,8 @@ def _power_sum_backward_kernel(
     at_x = n * sxn + c * sxc + ih * sxh + iw * sxw
     grad = tl.zeros([BLOCK], acc_t)
     for th in tl.static_range(KH):
-        num_h = ih + PH - th * DH
-        oh = num_h // SH
-        ok_h = (num_h >= 0) & (num_h % SH == 0) & (oh < OH)
         for tw in tl.static_range(KW):
-            num_w = iw + PW - tw * DW
-            ow = num_w // SW
-            ok = live & ok_h & (num_w >= 0) & (num_w % SW == 0) & (ow < OW)
+            oh, ow, ok = _window_of(ih, iw, th, tw, live, OH, OW, SH, SW, PH, PW, DH, DW)
             o = n * son + c * soc + oh * soh + ow * sow
             gy = tl.load(gy_ptr + o, mask=ok, other=0.0).to(acc_t)
             s = tl.load(s_ptr + o, mask=ok, other=0.0).to(acc_t)

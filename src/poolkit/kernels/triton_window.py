@@ -68,6 +68,25 @@ def _decompose(i, C, H, W, CL: tl.constexpr):
 
 
 @triton.jit
+def _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW):
+    """The input cell (ih, iw) that tap (th, tw) of window (oh, ow) reads, and whether it is not padding."""
+    ih = oh * SH - PH + th * DH
+    iw = ow * SW - PW + tw * DW
+    return ih, iw, live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+
+
+@triton.jit
+def _window_of(ih, iw, th, tw, live, OH, OW, SH, SW, PH, PW, DH, DW):
+    """The window (oh, ow) whose tap (th, tw) reads input cell (ih, iw), and whether that window exists."""
+    num_h = ih + PH - th * DH
+    num_w = iw + PW - tw * DW
+    oh = num_h // SH
+    ow = num_w // SW
+    ok = live & (num_h >= 0) & (num_h % SH == 0) & (oh < OH) & (num_w >= 0) & (num_w % SW == 0) & (ow < OW)
+    return oh, ow, ok
+
+
+@triton.jit
 def _max_mean_forward_kernel(
     x_ptr, m_ptr, a_ptr, idx_ptr,
     total, C, H, W, OH, OW,
@@ -86,10 +105,8 @@ def _max_mean_forward_kernel(
     where = tl.full([BLOCK], -1, tl.int32)
     base = n * sxn + c * sxc
     for th in tl.static_range(KH):
-        ih = oh * SH - PH + th * DH
         for tw in tl.static_range(KW):
-            iw = ow * SW - PW + tw * DW
-            real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, real = _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW)
             v = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=real, other=0.0).to(acc_t)
             # max_pool2d's rule: the first real cell until a strictly larger one (a NaN always wins)
             take = real & ((v > best) | (v != v))
@@ -171,13 +188,8 @@ def _window_backward_kernel(
     if TOPK:
         v = tl.load(x_ptr + at_x, mask=live, other=0.0).to(acc_t)
     for th in tl.static_range(KH):
-        num_h = ih + PH - th * DH
-        oh = num_h // SH
-        ok_h = (num_h >= 0) & (num_h % SH == 0) & (oh < OH)
         for tw in tl.static_range(KW):
-            num_w = iw + PW - tw * DW
-            ow = num_w // SW
-            ok = live & ok_h & (num_w >= 0) & (num_w % SW == 0) & (ow < OW)
+            oh, ow, ok = _window_of(ih, iw, th, tw, live, OH, OW, SH, SW, PH, PW, DH, DW)
             o = n * son + c * soc + oh * soh + ow * sow
             hit = tl.load(idx_ptr + o, mask=ok, other=-1) == th * KW + tw
             grad += tl.where(hit, tl.load(gm_ptr + o, mask=ok, other=0.0).to(acc_t), 0.0)
@@ -341,10 +353,8 @@ def _power_mean_forward_kernel(
     count = tl.zeros([BLOCK], tl.int32)
     base = n * sxn + c * sxc
     for th in tl.static_range(KH):
-        ih = oh * SH - PH + th * DH
         for tw in tl.static_range(KW):
-            iw = ow * SW - PW + tw * DW
-            real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, real = _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW)
             v = tl.load(x_ptr + base + ih * sxh + iw * sxw, mask=real, other=1.0).to(acc_t)
             z = tl.where(v < eps, eps, v)  # clamp(x, min=eps); a NaN stays NaN
             lz = tl.log(z)
@@ -378,13 +388,8 @@ def _power_mean_backward_kernel(
     at_x = n * sxn + c * sxc + ih * sxh + iw * sxw
     grad = tl.zeros([BLOCK], acc_t)
     for th in tl.static_range(KH):
-        num_h = ih + PH - th * DH
-        oh = num_h // SH
-        ok_h = (num_h >= 0) & (num_h % SH == 0) & (oh < OH)
         for tw in tl.static_range(KW):
-            num_w = iw + PW - tw * DW
-            ow = num_w // SW
-            ok = live & ok_h & (num_w >= 0) & (num_w % SW == 0) & (ow < OW)
+            oh, ow, ok = _window_of(ih, iw, th, tw, live, OH, OW, SH, SW, PH, PW, DH, DW)
             o = n * son + c * soc + oh * soh + ow * sow
             gy = tl.load(gy_ptr + o, mask=ok, other=0.0).to(acc_t)
             mean = tl.load(s_ptr + o, mask=ok, other=1.0).to(acc_t)
@@ -430,10 +435,8 @@ def _weighted_mean_forward_kernel(
     num = tl.zeros([BLOCK], acc_t)
     den = tl.zeros([BLOCK], acc_t)
     for th in tl.static_range(KH):
-        ih = oh * SH - PH + th * DH
         for tw in tl.static_range(KW):
-            iw = ow * SW - PW + tw * DW
-            real = live & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            ih, iw, real = _cell_of(oh, ow, th, tw, live, H, W, SH, SW, PH, PW, DH, DW)
             v = tl.load(x_ptr + n * sxn + c * sxc + ih * sxh + iw * sxw, mask=real, other=0.0).to(acc_t)
             w = tl.load(w_ptr + n * swn + c * swc + ih * swh + iw * sww, mask=real, other=0.0).to(acc_t)
             num += w * v
@@ -461,13 +464,8 @@ def _weighted_mean_backward_kernel(
     sum_a = tl.zeros([BLOCK], acc_t)
     sum_b = tl.zeros([BLOCK], acc_t)
     for th in tl.static_range(KH):
-        num_h = ih + PH - th * DH
-        oh = num_h // SH
-        ok_h = (num_h >= 0) & (num_h % SH == 0) & (oh < OH)
         for tw in tl.static_range(KW):
-            num_w = iw + PW - tw * DW
-            ow = num_w // SW
-            ok = live & ok_h & (num_w >= 0) & (num_w % SW == 0) & (ow < OW)
+            oh, ow, ok = _window_of(ih, iw, th, tw, live, OH, OW, SH, SW, PH, PW, DH, DW)
             o = n * son + c * soc + oh * soh + ow * sow
             share = tl.load(gy_ptr + o, mask=ok, other=0.0).to(acc_t) / tl.load(d_ptr + o, mask=ok, other=1.0)
             sum_a += share
